@@ -1,0 +1,428 @@
+"""Log collection for the master (protocol.md section 10).
+
+- :class:`LogBuffer` is a twisted.logger observer keeping the last entries in the shape
+  of the web UI's ``logs`` message (10.4), with the master's log level, a per-tick
+  "new since last push" queue and the ``getlogfile`` rendering (10.3).
+- :class:`LogFileWriter` is an observer writing the master's log file (10.1).
+- :func:`relay_remote_line` re-logs a Control app or TestApp log line (10.2).
+
+Our own namespaces (``ate`` and ``ate.*``) show as source ``master``.  An event may name
+its source explicitly with the key ``ate_source`` (used for relayed remote lines).
+Observers never raise: an observer that raises is removed by twisted.logger's publisher.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any, Callable
+
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
+from zope.interface import implementer
+
+__all__ = [
+    "LEVELS",
+    "LogBuffer",
+    "LogFileWriter",
+    "relay_remote_line",
+    "logfile_name",
+]
+
+LEVELS: dict[int, str] = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR"}
+
+_LOGLEVEL_NUMBER: dict[LogLevel, int] = {
+    LogLevel.debug: 10,
+    LogLevel.info: 20,
+    LogLevel.warn: 30,
+    LogLevel.error: 40,
+    LogLevel.critical: 40,
+}
+
+# Level names found in remote lines (10.2); Measure (15) has no twisted level and is
+# shown as DEBUG, which the master's level filter treats like the reference would at
+# the usual levels.
+_REMOTE_LEVELS: dict[str, LogLevel] = {
+    "DEBUG": LogLevel.debug,
+    "MEASURE": LogLevel.debug,
+    "INFO": LogLevel.info,
+    "WARNING": LogLevel.warn,
+    "WARN": LogLevel.warn,
+    "ERROR": LogLevel.error,
+    "CRITICAL": LogLevel.critical,
+    "FATAL": LogLevel.critical,
+}
+
+MASTER_SOURCE = "master"
+LOGFILE_CAP = 10 * 1024 * 1024
+LOGFILE_MAX_BYTES = 100 * 1024 * 1024
+LOGFILE_MAX_AGE_DAYS = 14.0
+_LOGFILE_RE = re.compile(r"[0-9]{8}-[0-9]{6}_master\.log", re.ASCII)
+_LOGFILE_OR_BACKUP_RE = re.compile(r"[0-9]{8}-[0-9]{6}_master\.log(\.1)?", re.ASCII)
+_REFERENCE_DATE = "%d/%m/%Y %I:%M:%S %p"
+
+
+# -- event helpers ---------------------------------------------------------------------
+
+
+def _check_level(level: Any) -> int:
+    if isinstance(level, bool) or not isinstance(level, int) or level not in LEVELS:
+        raise ValueError(f"log level must be one of 10, 20, 30, 40, got {level!r}")
+    return level
+
+
+def event_level(event: dict) -> int:
+    """The numeric level (10/20/30/40) of a twisted.logger event; info if missing."""
+    return _LOGLEVEL_NUMBER.get(event.get("log_level"), 20)
+
+
+def event_source(event: dict) -> str:
+    """``ate_source`` if given, ``master`` for ``ate``/``ate.*``, else the namespace."""
+    source = event.get("ate_source")
+    if source is not None:
+        return str(source)
+    namespace = event.get("log_namespace")
+    if not namespace:
+        return MASTER_SOURCE
+    namespace = str(namespace)
+    if namespace == "ate" or namespace.startswith("ate."):
+        return MASTER_SOURCE
+    return namespace
+
+
+def event_description(event: dict) -> str:
+    """The formatted message, plus ``[Type: message]`` of an attached failure."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            summary = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        except Exception:
+            summary = "unprintable failure"
+        text = f"{text} [{summary}]" if text else summary
+    return text
+
+
+def _event_time(event: dict, clock: Any) -> float:
+    t = event.get("log_time")
+    if isinstance(t, (int, float)) and not isinstance(t, bool):
+        return float(t)
+    return _now(clock)
+
+
+def _now(clock: Any) -> float:
+    return float(clock.seconds()) if clock is not None else time.time()
+
+
+def iso_date(t: float) -> str:
+    """Local time, ISO 8601 without zone, whole seconds: ``2026-11-24T18:29:58``."""
+    return datetime.fromtimestamp(t).isoformat(timespec="seconds")
+
+
+def logfile_name(t: float) -> str:
+    """``<YYYYmmdd-HHMMSS>_master.log`` for local time ``t``."""
+    return datetime.fromtimestamp(t).strftime("%Y%m%d-%H%M%S") + "_master.log"
+
+
+def render_entry(entry: dict) -> str:
+    """One ``source|date|LEVEL|description`` line (with newline) of a 10.4 entry."""
+    return f"{entry['source']}|{entry['date']}|{entry['type']}|{entry['description']}\n"
+
+
+# -- in-memory buffer ------------------------------------------------------------------
+
+
+@implementer(ILogObserver)
+class LogBuffer:
+    """The last ``maxlen`` log entries in the 10.4 shape, filtered by the master's level.
+
+    Entries are ``{"source", "date", "type", "description"}`` dicts.  Subscribers are
+    called with each accepted entry; their exceptions are swallowed (an observer must
+    not raise, and logging from inside an observer would recurse).
+    """
+
+    def __init__(
+        self,
+        *,
+        maxlen: int = 4000,
+        level: int = 30,
+        log_directory: str | None = None,
+        clock: Any = None,
+        logfile_cap: int = LOGFILE_CAP,
+    ) -> None:
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ValueError(f"maxlen must be a positive integer, got {maxlen!r}")
+        if isinstance(logfile_cap, bool) or not isinstance(logfile_cap, int) or logfile_cap < 1:
+            raise ValueError(f"logfile_cap must be a positive integer, got {logfile_cap!r}")
+        self._level = _check_level(level)
+        self._entries: deque[dict] = deque(maxlen=maxlen)
+        self._new: deque[dict] = deque(maxlen=maxlen)
+        self._subscribers: list[Callable[[dict], Any]] = []
+        self._clock = clock
+        self.log_directory = log_directory
+        self.logfile_cap = logfile_cap
+        #: The master's current log file; when None it is looked up in log_directory.
+        self.logfile_path: str | None = None
+        #: Events that could not be turned into an entry, or subscriber errors.
+        self.errors = 0
+
+    # -- level ---------------------------------------------------------------------------
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    @level.setter
+    def level(self, level: int) -> None:
+        self.set_level(level)
+
+    def set_level(self, level: int) -> None:
+        """Set the level (10, 20, 30 or 40); ValueError naming the bad level otherwise."""
+        self._level = _check_level(level)
+
+    # -- observer ------------------------------------------------------------------------
+
+    def __call__(self, event: dict) -> None:
+        try:
+            number = event_level(event)
+            if number < self._level:
+                return
+            entry = {
+                "source": event_source(event),
+                "date": iso_date(_event_time(event, self._clock)),
+                "type": LEVELS[number],
+                "description": event_description(event),
+            }
+        except Exception:
+            self.errors += 1
+            return
+        self._entries.append(entry)
+        self._new.append(entry)
+        for callback in tuple(self._subscribers):
+            try:
+                callback(entry)
+            except Exception:
+                self.errors += 1
+
+    # -- reading -------------------------------------------------------------------------
+
+    def entries(self, newest_first: bool = True) -> list[dict]:
+        """Copies of the kept entries (``getlogs``: newest first)."""
+        source = reversed(self._entries) if newest_first else iter(self._entries)
+        return [dict(e) for e in source]
+
+    def drain_new(self) -> list[dict]:
+        """Entries added since the last drain, newest first (the feed's per-tick push)."""
+        new = [dict(e) for e in reversed(self._new)]
+        self._new.clear()
+        return new
+
+    def subscribe(self, callback: Callable[[dict], Any]) -> None:
+        """Call ``callback(entry)`` for every accepted entry from now on."""
+        if callback not in self._subscribers:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[dict], Any]) -> None:
+        """Stop calling ``callback``; unknown callbacks are ignored."""
+        try:
+            self._subscribers.remove(callback)
+        except ValueError:
+            pass
+
+    # -- getlogfile ----------------------------------------------------------------------
+
+    def current_logfile(self) -> str | None:
+        """``logfile_path`` if set, else the newest master log file in log_directory."""
+        if self.logfile_path is not None:
+            return self.logfile_path
+        if not self.log_directory:
+            return None
+        try:
+            names = [n for n in os.listdir(self.log_directory) if _LOGFILE_RE.fullmatch(n)]
+        except OSError:
+            return None
+        if not names:
+            return None
+        return os.path.join(self.log_directory, max(names))
+
+    def logfile(self) -> dict:
+        """The ``logfile`` payload (10.3): ``{"filename", "content"}``.
+
+        The content is the text rendering of the in-memory entries (oldest first)
+        followed by the tail of the current log file, if any, the whole capped at
+        ``logfile_cap`` bytes of UTF-8 (whole lines; the oldest lines go first).
+        """
+        cap = self.logfile_cap
+        memory = _tail_lines("".join(render_entry(e) for e in self._entries), cap)
+        path = self.current_logfile()
+        filename = os.path.basename(path) if path else logfile_name(_now(self._clock))
+        content = memory
+        if path:
+            header = f"=== log file {filename} ===\n"
+            budget = cap - len(memory.encode("utf-8")) - len(header.encode("utf-8"))
+            file_text = _read_tail(path, budget) if budget > 0 else None
+            if file_text:
+                content = memory + header + file_text
+        return {"filename": filename, "content": content}
+
+
+def _tail_lines(text: str, cap: int) -> str:
+    """The longest suffix of ``text`` starting at a line start and within ``cap`` bytes."""
+    data = text.encode("utf-8")
+    if len(data) <= cap:
+        return text
+    tail = data[len(data) - cap:]
+    newline = tail.find(b"\n")
+    tail = tail[newline + 1:] if newline >= 0 else b""
+    return tail.decode("utf-8", errors="replace")
+
+
+def _read_tail(path: str, cap: int) -> str | None:
+    """The last ``cap`` bytes of a file, cut to whole lines; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - cap)
+            f.seek(start)
+            data = f.read(cap)
+    except OSError:
+        return None
+    if start > 0:
+        newline = data.find(b"\n")
+        data = data[newline + 1:] if newline >= 0 else b""
+    return data.decode("utf-8", errors="replace")
+
+
+# -- remote lines ----------------------------------------------------------------------
+
+
+def relay_remote_line(log: Logger, app: str, site: str, line: str) -> None:
+    """Re-log a remote ``name|date|LEVEL|message`` line (10.2).
+
+    The message is logged under the remote name (event key ``ate_source``) at the
+    remote level, with the remote date kept in the text: ``[<date>] <message>``.  A
+    line with fewer than four fields, or with a level name we do not know, is logged
+    verbatim at warning level with source ``"<app> <site>"``.
+    """
+    if not isinstance(line, str):
+        line = repr(line)
+    line = line.rstrip("\r\n")
+    fallback = f"{app} {site}"
+    fields = line.split("|", 3)
+    level = _REMOTE_LEVELS.get(fields[2].strip().upper()) if len(fields) == 4 else None
+    if level is None:
+        log.emit(LogLevel.warn, "{ate_text}", ate_text=line, ate_source=fallback,
+                 ate_app=app, ate_site=site)
+        return
+    name, date, _, message = (f.strip() for f in fields)
+    text = f"[{date}] {message}" if date else message
+    log.emit(level, "{ate_text}", ate_text=text, ate_source=name or fallback,
+             ate_app=app, ate_site=site)
+
+
+# -- log file --------------------------------------------------------------------------
+
+
+@implementer(ILogObserver)
+class LogFileWriter:
+    """Write ``name|date|LEVEL|message`` lines to ``<log_directory>/<start>_master.log``.
+
+    The line format is the reference's (10.1): name padded to 9, date as
+    ``%d/%m/%Y %I:%M:%S %p`` followed by a space, level padded to 7 followed by a
+    space.  At ``max_bytes`` the file is renamed to ``<name>.1`` (replacing an older
+    backup) and a new file with the same name is started.  At construction the
+    directory is created and master log files (and backups) older than
+    ``max_age_days`` are deleted.  Each event is one small append, flushed at once.
+    Construction raises OSError if the file cannot be opened; writing never raises
+    (failures are counted in ``errors`` and the file is reopened on the next event).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        log_directory: str = "log",
+        *,
+        level: int = 10,
+        max_bytes: int = LOGFILE_MAX_BYTES,
+        max_age_days: float = LOGFILE_MAX_AGE_DAYS,
+        clock: Any = None,
+    ) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        self._level = _check_level(level)
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self.directory = log_directory
+        self.errors = 0
+        now = _now(clock)
+        os.makedirs(log_directory, exist_ok=True)
+        self.deleted = self._delete_old(now - max_age_days * 86400.0)
+        self.path = os.path.join(log_directory, logfile_name(now))
+        self._file = None
+        self._size = 0
+        self._open()
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    def set_level(self, level: int) -> None:
+        """Set the level (10, 20, 30 or 40); ValueError naming the bad level otherwise."""
+        self._level = _check_level(level)
+
+    def _delete_old(self, cutoff: float) -> list[str]:
+        deleted = []
+        for name in sorted(os.listdir(self.directory)):
+            if not _LOGFILE_OR_BACKUP_RE.fullmatch(name):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                if os.path.getmtime(path) < cutoff:
+                    os.unlink(path)
+                    deleted.append(name)
+            except OSError as e:
+                self.log.warn("cannot delete old log file {path}: {error}", path=path, error=e)
+        return deleted
+
+    def _open(self) -> None:
+        self._file = open(self.path, "ab")
+        self._size = self._file.tell()
+
+    def _rotate(self) -> None:
+        self.close()
+        os.replace(self.path, self.path + ".1")
+        self._open()
+
+    def format(self, event: dict) -> str:
+        """The file line (with newline) for an event."""
+        number = event_level(event)
+        date = datetime.fromtimestamp(_event_time(event, self._clock)).strftime(_REFERENCE_DATE)
+        return f"{event_source(event):<9}|{date} |{LEVELS[number]:<7} |{event_description(event)}\n"
+
+    def __call__(self, event: dict) -> None:
+        try:
+            if event_level(event) < self._level:
+                return
+            data = self.format(event).encode("utf-8", errors="replace")
+            if self._file is None:
+                self._open()
+            if self._size > 0 and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            self._file.write(data)
+            self._file.flush()
+            self._size += len(data)
+        except Exception:
+            self.errors += 1
+            self.close()
+
+    def close(self) -> None:
+        """Close the file (a later event reopens it)."""
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                self.errors += 1
