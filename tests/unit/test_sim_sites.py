@@ -1,0 +1,518 @@
+"""Unit tests of the simulated sites core (ate.sim.sites), with a Clock and a recording send."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.application.service import Service
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+
+from ate.sim.sites import (
+    ControlCommand,
+    MasterStatusSeen,
+    SimBinSpec,
+    SimFaultSpec,
+    SimInputError,
+    SimSites,
+    SimSitesService,
+    TestAppCommand,
+    decode,
+)
+
+D = "SCT-81-1F"
+SITES = ("0", "1", "2", "3")
+BIN_TABLE = {"1": ["1"], "2": ["2"], "5": ["12", "13"], "6": ["20", "21"], "0": ["60000"]}
+
+
+class Recorder:
+    def __init__(self):
+        self.out = []
+
+    def __call__(self, out):
+        # every publication must be encodable JSON
+        json.loads(out.encode())
+        self.out.append(out)
+
+    def take(self):
+        got, self.out = self.out, []
+        return got
+
+    @staticmethod
+    def summary(outs):
+        """(topic-suffix, state-or-type) tuples for compact assertions."""
+        res = []
+        for o in outs:
+            sub = o.topic.split("/", 2)[2]
+            p = o.payload
+            if p.get("type") == "status":
+                res.append((sub, p["payload"]["state"]))
+            else:
+                res.append((sub, p.get("type")))
+        return res
+
+
+def make(sites=SITES, **kw):
+    clock = Clock()
+    rec = Recorder()
+    kw.setdefault("ptr_count", 2)
+    sim = SimSites(D, sites, clock, rec, **kw)
+    return sim, clock, rec
+
+
+def raw(sub, obj):
+    return f"ate/{D}/{sub}", json.dumps(obj).encode()
+
+
+def load_cmd(sites=SITES, bin_table=BIN_TABLE):
+    return ControlCommand("loadTest", tuple(sites), {"testapp_params": {
+        "testapp_script_path": "hallsens2_ft1.py", "testapp_script_args": ["--verbose"],
+        "cwd": "programs", "bin_table": bin_table}})
+
+
+def next_cmd(sites=SITES, partids=None):
+    partids = partids or {s: f"P{100 + int(s)}" for s in sites}
+    return TestAppCommand("next", tuple(sites), {"job_data": {"sites_info": [
+        {"siteid": s, "partid": partids[s], "binning": -1, "logflag": 0, "additionalinfo": "0"}
+        for s in sites]}})
+
+
+def loaded(**kw):
+    sim, clock, rec = make(**kw)
+    sim.handle(load_cmd(sim.sites))
+    clock.advance(sim.load_time + 100)
+    rec.take()
+    return sim, clock, rec
+
+
+# ---------------------------------------------------------------------------------------
+# decoding
+
+
+def test_decode_commands_and_status():
+    msg = decode(D, *raw("Control/cmd", {"type": "cmd", "command": "loadTest", "sites": ["0", 1],
+                                         "testapp_params": {"x": 1}}))
+    assert msg == ControlCommand("loadTest", ("0", "1"))
+    assert msg.fields["testapp_params"] == {"x": 1}
+    msg = decode(D, *raw("TestApp/cmd", {"type": "cmd", "command": "sethbin", "sites": ["0"],
+                                         "sbin": "12", "hbin": "7"}))
+    assert isinstance(msg, TestAppCommand) and msg.fields["sbin"] == "12"
+    assert decode(D, *raw("Master/status", {"type": "status", "state": "ready",
+                                            "payload": {"state": "ready"}})) == \
+        MasterStatusSeen("ready")
+    assert decode(D, *raw("Master/status", {"payload": {"state": "crash"}})) == \
+        MasterStatusSeen("crash")
+    # not ours
+    assert decode(D, "ate/OTHER/Control/cmd", b"{}") is None
+    assert decode(D, f"ate/{D}/Control/status/site0", b"{}") is None
+
+
+@pytest.mark.parametrize("sub,payload,needle", [
+    ("Control/cmd", b"\xff\xfe", "not UTF-8"),
+    ("Control/cmd", b"{nope", "not JSON"),
+    ("TestApp/cmd", b"[1, 2]", "expected a JSON object"),
+    ("TestApp/cmd", b'{"type": "cmd", "command": "fly", "sites": ["0"]}', "unknown command 'fly'"),
+    ("TestApp/cmd", b'{"type": "cmd", "command": "next"}', "sites missing"),
+    ("TestApp/cmd", b'{"type": "cmd", "command": "next", "sites": [null]}', "site id None"),
+    ("Control/cmd", b'{"type": "status", "command": "reset", "sites": []}', "expected 'cmd'"),
+    ("Control/cmd", b'{"type": "cmd", "sites": []}', "command missing"),
+])
+def test_decode_errors_name_the_problem(sub, payload, needle):
+    with pytest.raises(SimInputError) as e:
+        decode(D, f"ate/{D}/{sub}", payload)
+    assert needle in str(e.value)
+    assert f"ate/{D}/{sub}" in str(e.value)
+
+
+def test_garbage_is_ignored_without_output():
+    sim, clock, rec = make()
+    sim.received(f"ate/{D}/TestApp/cmd", b"garbage")
+    sim.received(*raw("Control/cmd", {"type": "cmd", "command": "explode", "sites": ["0"]}))
+    clock.advance(10)
+    assert rec.out == []
+    assert all(s.control_state == "idle" for s in sim.site.values())
+
+
+# ---------------------------------------------------------------------------------------
+# Control app
+
+
+def test_connect_and_master_status_echo():
+    sim, clock, rec = make(sites=("0", "1"))
+    sim.connected()
+    assert rec.summary(rec.take()) == [("Control/status/site0", "idle"),
+                                       ("Control/status/site1", "idle")]
+    sim.received(*raw("Master/status", {"type": "status", "state": "initialized"}))
+    outs = rec.take()
+    assert [o.qos for o in outs] == [2, 2]
+    assert outs[0].payload == {"type": "status", "interface_version": 1, "software_version": 1,
+                               "payload": {"state": "idle", "error_message": ""}}
+
+
+def test_load_sequence_and_timing():
+    sim, clock, rec = make(sites=("0", "1"), load_time=2.0)
+    sim.handle(load_cmd(("0", "1")))
+    assert rec.summary(rec.take()) == [("Control/status/site0", "loading"),
+                                       ("Control/status/site1", "loading")]
+    clock.advance(1.9)
+    assert rec.out == []
+    clock.advance(0.1)
+    assert rec.summary(rec.take()) == [
+        ("Control/status/site0", "busy"), ("TestApp/status/site0", "idle"),
+        ("Control/status/site1", "busy"), ("TestApp/status/site1", "idle")]
+    ta = [o for o in rec.out]
+    assert ta == []
+    # a second loadTest while busy is ignored
+    sim.handle(load_cmd(("0", "1")))
+    clock.advance(5)
+    assert rec.out == []
+
+
+def test_zero_load_time_still_goes_through_the_clock():
+    sim, clock, rec = make(sites=("0",))
+    sim.handle(load_cmd(("0",)))
+    assert rec.summary(rec.take()) == [("Control/status/site0", "loading")]
+    clock.advance(0)
+    assert rec.summary(rec.take()) == [("Control/status/site0", "busy"),
+                                       ("TestApp/status/site0", "idle")]
+
+
+def test_load_ignores_sites_not_listed():
+    sim, clock, rec = make(sites=("0", "1"))
+    sim.handle(load_cmd(("1",)))
+    clock.advance(1)
+    assert sim.site["0"].control_state == "idle"
+    assert sim.site["1"].control_state == "busy"
+
+
+def test_load_with_incomplete_bin_table_goes_error():
+    sim, clock, rec = make(sites=("0",))
+    sim.handle(load_cmd(("0",), bin_table={"1": ["1"]}))
+    clock.advance(1)
+    outs = rec.take()
+    assert rec.summary(outs) == [("Control/status/site0", "loading"),
+                                 ("Control/status/site0", "error")]
+    assert "soft bin 2" in outs[-1].payload["payload"]["error_message"]
+    assert sim.site["0"].testapp_state is None
+
+
+def test_load_without_params_goes_error():
+    sim, clock, rec = make(sites=("0",))
+    sim.handle(ControlCommand("loadTest", ("0",), {}))
+    outs = rec.take()
+    assert rec.summary(outs)[-1] == ("Control/status/site0", "error")
+    assert "testapp_script_path" in outs[-1].payload["payload"]["error_message"]
+
+
+def test_reset_kills_testapp_and_cancels_pending_work():
+    sim, clock, rec = make(sites=("0",), load_time=5.0)
+    sim.handle(load_cmd(("0",)))
+    rec.take()
+    sim.handle(ControlCommand("reset", ("0",)))
+    assert rec.summary(rec.take()) == [("Control/status/site0", "resetting")]
+    clock.advance(0)
+    assert rec.summary(rec.take()) == [("Control/status/site0", "idle")]
+    clock.advance(10)  # the cancelled load must not complete
+    assert rec.out == []
+    # a TestApp command now finds no TestApp
+    sim.handle(next_cmd(("0",)))
+    clock.advance(1)
+    assert rec.out == []
+
+
+def test_reset_while_testing_drops_the_part():
+    sim, clock, rec = loaded(sites=("0",), test_time=1.0)
+    sim.handle(next_cmd(("0",)))
+    sim.handle(ControlCommand("reset", ("0",)))
+    clock.advance(5)
+    assert rec.summary(rec.take()) == [("TestApp/status/site0", "testing"),
+                                       ("Control/status/site0", "resetting"),
+                                       ("Control/status/site0", "idle")]
+    assert sim.truth.part_count == 0
+
+
+# ---------------------------------------------------------------------------------------
+# TestApp
+
+
+def test_next_publishes_testing_idle_then_result():
+    sim, clock, rec = loaded(sites=("0", "1", "2"), test_time=0.5, ptr_count=3)
+    sim.handle(next_cmd(("0", "2"), {"0": "P100", "2": "P102"}))
+    assert rec.summary(rec.take()) == [("TestApp/status/site0", "testing"),
+                                       ("TestApp/status/site2", "testing")]
+    clock.advance(0.4)
+    assert rec.out == []
+    clock.advance(0.1)
+    outs = rec.take()
+    assert rec.summary(outs) == [
+        ("TestApp/status/site0", "idle"), ("TestApp/testresult/site0", "testresult"),
+        ("TestApp/status/site2", "idle"), ("TestApp/testresult/site2", "testresult")]
+    result = outs[3].payload["payload"]
+    assert [r["type"] for r in result] == ["PIR", "PTR", "PTR", "PTR", "PRR"]
+    prr = result[-1]
+    assert prr["PART_ID"] == "P102" and prr["SITE_NUM"] == 2 and prr["NUM_TEST"] == 3
+    assert prr["TEST_T"] == 500
+    assert prr["PART_FLG"] == (0 if 1 <= prr["SOFT_BIN"] <= 9 else 8)
+    assert all(r["SITE_NUM"] == 2 for r in result)
+    assert outs[1].qos == 2
+    assert sim.site["1"].testapp_state == "idle"
+    assert sim.truth.part_count == 2
+    assert sim.truth.by_site == {"0": 1, "2": 1}
+    assert [p.part_id for p in sim.truth.parts] == ["P100", "P102"]
+
+
+def test_status_payload_shape():
+    sim, clock, rec = loaded(sites=("0",))
+    sim.handle(next_cmd(("0",)))
+    out = rec.take()[0]
+    assert out.payload == {"type": "status", "framework_version": 1, "test_version": "N/A",
+                           "payload": {"state": "testing", "message": ""}, "state": "testing"}
+
+
+def test_next_while_testing_goes_error():
+    sim, clock, rec = loaded(sites=("0",), test_time=1.0)
+    sim.handle(next_cmd(("0",)))
+    sim.handle(next_cmd(("0",)))
+    assert rec.summary(rec.take()) == [("TestApp/status/site0", "testing"),
+                                       ("TestApp/status/site0", "error")]
+
+
+def test_bins_follow_weights_and_bin_table_and_are_deterministic():
+    bins = (SimBinSpec(1, 1, 1.0), SimBinSpec(12, 99, 1.0), SimBinSpec(20, 6, 0.0))
+
+    def run(seed):
+        sim, clock, rec = loaded(sites=("0", "1"), bins=bins, seed=seed)
+        for i in range(200):
+            sim.handle(next_cmd(("0", "1"), {"0": f"A{i}", "1": f"B{i}"}))
+            clock.advance(0)
+        return sim
+
+    a, b = run(7), run(7)
+    assert [p.soft_bin for p in a.truth.parts] == [p.soft_bin for p in b.truth.parts]
+    assert a.truth.by_soft_bin[20] == 0
+    assert 140 < a.truth.by_soft_bin[1] < 260 and a.truth.by_soft_bin[12] > 140
+    # the bin table maps soft bin 12 to hard bin 5 (not the configured 99)
+    assert a.truth.by_hard_bin[99] == 0
+    assert a.truth.by_hard_bin[5] == a.truth.by_soft_bin[12]
+    assert sum(a.truth.by_site_soft_bin.values()) == 400
+    assert a.truth.passed["0"] + a.truth.passed["1"] == a.truth.by_soft_bin[1]
+    c = run(8)
+    assert [p.soft_bin for p in c.truth.parts] != [p.soft_bin for p in a.truth.parts]
+
+
+def test_sethbin_remaps_hard_bin():
+    sim, clock, rec = loaded(sites=("0",), bins=(SimBinSpec(12, 5, 1.0),), test_time=0)
+    sim.handle(TestAppCommand("sethbin", ("0",), {"sbin": "12", "hbin": "7"}))
+    sim.handle(TestAppCommand("sethbin", ("0",), {"sbin": "x", "hbin": "7"}))  # ignored
+    sim.handle(next_cmd(("0",)))
+    clock.advance(0)
+    prr = rec.take()[-1].payload["payload"][-1]
+    assert (prr["SOFT_BIN"], prr["HARD_BIN"], prr["PART_FLG"]) == (12, 7, 8)
+    assert sim.truth.by_hard_bin == {7: 1}
+
+
+def test_terminate_summary_then_terminated_then_control_idle():
+    sim, clock, rec = loaded(sites=("0", "1"), ptr_count=2, bins=(SimBinSpec(12, 5, 1.0),))
+    for i in range(3):
+        sim.handle(next_cmd(("0",), {"0": f"P{i}"}))
+        clock.advance(0)
+    rec.take()
+    sim.handle(TestAppCommand("terminate", ("0", "1")))
+    outs = rec.take()
+    assert rec.summary(outs) == [
+        ("TestApp/testsummary/site0", "testresult"), ("TestApp/status/site0", "terminated"),
+        ("TestApp/testsummary/site1", "testresult"), ("TestApp/status/site1", "terminated")]
+    tsrs = outs[0].payload["payload"]
+    assert [t["TEST_NUM"] for t in tsrs] == [1000, 1001]
+    assert [t["EXEC_CNT"] for t in tsrs] == [3, 3]
+    # every part failed (soft bin 12): exactly one failing PTR per part
+    assert sum(t["FAIL_CNT"] for t in tsrs) == 3
+    assert all(t["type"] == "TSR" and t["SITE_NUM"] == 0 for t in tsrs)
+    assert [t["EXEC_CNT"] for t in outs[2].payload["payload"]] == [0, 0]
+    clock.advance(0)
+    assert rec.summary(rec.take()) == [("Control/status/site0", "idle"),
+                                       ("Control/status/site1", "idle")]
+
+
+def test_testapp_reset_terminates_without_summary():
+    sim, clock, rec = loaded(sites=("0",))
+    sim.handle(TestAppCommand("reset", ("0",)))
+    clock.advance(0)
+    assert rec.summary(rec.take()) == [("TestApp/status/site0", "terminated"),
+                                       ("Control/status/site0", "idle")]
+
+
+def test_execution_strategy_covers_all_sites_per_test():
+    sim, clock, rec = loaded(ptr_count=3)
+    sim.handle(TestAppCommand("getexecutionstrategy", SITES,
+                              {"layout": [[0, 0], [1, 0], [0, 1], [1, 1]]}))
+    outs = rec.take()
+    assert [o.topic for o in outs] == [f"ate/{D}/TestApp/execution_strategy/site{s}"
+                                       for s in SITES]
+    assert outs[0].payload == {"type": "execution_strategy",
+                               "payload": [[list(SITES)]] * 3}
+
+
+def test_setloglevel_and_logs():
+    sim, clock, rec = make(sites=("0",), publish_logs=True)
+    sim.handle(ControlCommand("setloglevel", ("0",), {"level": 10}))
+    sim.handle(ControlCommand("setloglevel", ("0",), {"level": 11}))  # refused
+    assert sim.site["0"].control_loglevel == 10
+    sim.handle(load_cmd(("0",)))
+    outs = rec.take()
+    logs = [o for o in outs if o.kind == "log"]
+    assert logs and logs[0].qos == 0
+    line = logs[0].payload["payload"]
+    parts = line.split("|")
+    assert parts[0] == "control 0" and parts[2] == "INFO    " and parts[3] == "control state is: loading"
+    sim.handle(ControlCommand("setloglevel", ("0",), {"level": 30}))
+    sim.handle(ControlCommand("reset", ("0",)))
+    assert [o.kind for o in rec.take()] == ["status"]
+
+
+# ---------------------------------------------------------------------------------------
+# Faults
+
+
+def test_crash_on_part_publishes_will_and_stops_answering():
+    sim, clock, rec = loaded(sites=("0", "1"), faults=SimFaultSpec(crash_on_part=2,
+                                                                   fault_site="1"))
+    for _ in range(2):
+        sim.handle(next_cmd(("0", "1")))
+        clock.advance(0)
+    outs = rec.take()
+    will = [o for o in outs if o.topic.endswith("TestApp/status/site1")][-1]
+    assert will.payload == {"type": "status", "framework_version": 1, "test_version": "N/A",
+                            "payload": {"state": 0}, "state": "crash"}
+    assert not any(o.topic.endswith("testresult/site1") for o in outs[-4:])
+    assert sim.truth.crashes == 1 and sim.truth.by_site == {"0": 2, "1": 1}
+    # the Control app notices the TestApp's exit
+    assert sim.site["1"].control_state == "error"
+    # a crashed TestApp answers nothing
+    sim.handle(next_cmd(("1",)))
+    sim.handle(TestAppCommand("terminate", ("1",)))
+    clock.advance(1)
+    assert rec.out == []
+    # reset brings it back; the fault fires only once
+    sim.handle(ControlCommand("reset", ("0", "1")))
+    clock.advance(0)
+    sim.handle(load_cmd(("0", "1")))
+    clock.advance(0)
+    for _ in range(3):
+        sim.handle(next_cmd(("0", "1")))
+        clock.advance(0)
+    assert sim.truth.by_site == {"0": 5, "1": 4}
+
+
+def test_drop_result():
+    sim, clock, rec = loaded(sites=("0",), faults=SimFaultSpec(drop_result_on_part=1))
+    sim.handle(next_cmd(("0",)))
+    clock.advance(0)
+    assert rec.summary(rec.take()) == [("TestApp/status/site0", "testing"),
+                                       ("TestApp/status/site0", "idle")]
+    assert sim.truth.dropped == 1 and sim.truth.part_count == 0
+    sim.handle(next_cmd(("0",)))
+    clock.advance(0)
+    assert rec.summary(rec.take())[-1] == ("TestApp/testresult/site0", "testresult")
+
+
+def test_wrong_site():
+    sim, clock, rec = loaded(sites=("0", "1", "2"),
+                             faults=SimFaultSpec(wrong_site_on_part=1, fault_site="2"))
+    sim.handle(next_cmd(("2",)))
+    clock.advance(0)
+    outs = rec.take()
+    assert outs[-1].topic == f"ate/{D}/TestApp/testresult/site0"  # wraps to the first site
+    assert outs[-1].payload["payload"][-1]["SITE_NUM"] == 2
+    assert sim.truth.parts[0].site == "0" and sim.truth.parts[0].origin_site == "2"
+    assert sim.truth.faults == [("wrong_site", "2", 1)]
+
+
+def test_duplicate_result():
+    sim, clock, rec = loaded(sites=("0",), faults=SimFaultSpec(duplicate_result_on_part=1))
+    sim.handle(next_cmd(("0",)))
+    clock.advance(0)
+    outs = rec.take()
+    assert rec.summary(outs)[-2:] == [("TestApp/testresult/site0", "testresult")] * 2
+    assert outs[-1].payload == outs[-2].payload
+    assert sim.truth.part_count == 1 and sim.truth.messages == 2
+
+
+def test_slow_load_only_on_fault_site():
+    sim, clock, rec = make(sites=("0", "1"), load_time=1.0,
+                           faults=SimFaultSpec(slow_load=4.0, fault_site="1"))
+    sim.handle(load_cmd(("0", "1")))
+    clock.advance(1.0)
+    assert sim.site["0"].control_state == "busy" and sim.site["1"].control_state == "loading"
+    clock.advance(4.0)
+    assert sim.site["1"].control_state == "busy"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"sites": ()}, "no site ids"),
+    ({"sites": ("0", "0")}, "duplicate"),
+    ({"bins": ()}, "no bins"),
+    ({"bins": (SimBinSpec(1, 1, 0.0),)}, "weights"),
+    ({"ptr_count": -1}, "ptr_count"),
+    ({"faults": SimFaultSpec(fault_site="9")}, "fault_site '9'"),
+])
+def test_bad_construction(kw, needle):
+    kw.setdefault("sites", SITES)
+    with pytest.raises(ValueError) as e:
+        SimSites(D, kw.pop("sites"), Clock(), lambda o: None, **kw)
+    assert needle in str(e.value)
+
+
+def test_send_failure_is_contained():
+    def boom(out):
+        raise RuntimeError("broker gone")
+    sim = SimSites(D, ("0",), Clock(), boom)
+    sim.connected()  # must not raise
+
+
+# ---------------------------------------------------------------------------------------
+# Service wiring (fake MQTT)
+
+
+class FakeMqtt(Service):
+    """Records the MqttService arguments and publications."""
+
+    def __init__(self, reactor, options, client_id, **kw):
+        self.args = (reactor, options, client_id)
+        self.kw = kw
+        self.published = []
+
+    def publish(self, topic, payload, qos=2):
+        self.published.append((topic, payload, qos))
+        return succeed(None)
+
+
+def test_service_wiring():
+    from ate.config import sim_config_from_dict
+
+    cfg = sim_config_from_dict({"device_id": D, "sites": ["0", "1"], "broker_host": "127.0.0.1",
+                                "broker_port": 1883})
+    clock = Clock()
+    svc = SimSitesService(clock, cfg, mqtt_factory=FakeMqtt)
+    mqtt = svc.mqtt
+    _reactor, _opts, client_id = mqtt.args
+    assert client_id.startswith(f"simsites.{D}.")
+    assert sorted(mqtt.kw["subscriptions"]) == sorted([
+        (f"ate/{D}/Control/cmd", 2), (f"ate/{D}/TestApp/cmd", 2), (f"ate/{D}/Master/status", 2)])
+    topic, payload, qos = mqtt.kw["will"]
+    assert topic == f"ate/{D}/Control/status/site0" and qos == 2
+    assert json.loads(payload)["payload"]["state"] == "crash"
+    svc.startService()
+    mqtt.kw["on_connected"]()
+    mqtt.kw["on_message"](*raw("Control/cmd", {"type": "cmd", "command": "loadTest",
+                                               "sites": ["0", "1"],
+                                               "testapp_params": {"testapp_script_path": "x.py"}}))
+    clock.advance(cfg.load_time)
+    states = [(t, json.loads(p)["payload"]["state"], q) for t, p, q in mqtt.published]
+    assert states[:4] == [(f"ate/{D}/Control/status/site0", "idle", 2),
+                          (f"ate/{D}/Control/status/site1", "idle", 2),
+                          (f"ate/{D}/Control/status/site0", "loading", 2),
+                          (f"ate/{D}/Control/status/site1", "loading", 2)]
+    assert (f"ate/{D}/TestApp/status/site1", "idle", 2) in states
+    svc.stopService()
