@@ -516,3 +516,56 @@ def test_service_wiring():
                           (f"ate/{D}/Control/status/site1", "loading", 2)]
     assert (f"ate/{D}/TestApp/status/site1", "idle", 2) in states
     svc.stopService()
+
+
+# ---------------------------------------------------------------------------------------
+# twistd plugin options
+
+
+def _write_config(tmp_path, **extra):
+    cfg = {"device_id": D, "sites": ["0", "1"], "broker_host": "127.0.0.1",
+           "broker_port": 1883, **extra}
+    path = tmp_path / "sim.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_tap_options_overrides(tmp_path):
+    from ate.sim.tap import Options
+
+    opts = Options()
+    opts.parseOptions(["--config", _write_config(tmp_path), "--broker", "localhost:2883",
+                       "--device-id", "DEV-2", "--sites", "0,1,2"])
+    cfg = opts["sim_config"]
+    assert (cfg.broker.host, cfg.broker.port) == ("localhost", 2883)
+    assert cfg.device_id == "DEV-2" and cfg.sites == ("0", "1", "2")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "--config FILE is required"),
+    (["--broker", "nohost"], "expected HOST:PORT"),
+    (["--broker", "h:x"], "is not a number"),
+    (["--broker", "h:70000"], "out of range"),
+    (["--sites", "0,0"], "sites"),
+])
+def test_tap_options_errors(tmp_path, argv, needle):
+    from twisted.python.usage import UsageError
+
+    from ate.sim.tap import Options
+
+    if argv:
+        argv = ["--config", _write_config(tmp_path)] + argv
+    with pytest.raises(UsageError) as e:
+        Options().parseOptions(argv)
+    assert needle in str(e.value)
+
+
+def test_tap_missing_config_file_names_it(tmp_path):
+    from twisted.python.usage import UsageError
+
+    from ate.sim.tap import Options
+
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(UsageError) as e:
+        Options().parseOptions(["--config", missing])
+    assert "nope.json" in str(e.value)

@@ -1,0 +1,76 @@
+"""twistd plugin module of the simulated sites: ``twistd -n ate-sim-sites --config FILE``.
+
+Options override the config file: ``--broker host:port``, ``--device-id D``,
+``--sites 0,1,2,3``.  The sites may be started before or after the master: every Control
+app publishes its state on connect and again on every ``Master/status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ate.config import ConfigError, load_sim_config
+from ate.sim.sites import SimSitesService
+
+log = Logger(namespace="ate.sim.tap")
+
+
+def parse_broker(value: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) -> ``(host, port)``; raises ``UsageError``."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text:
+        raise usage.UsageError(f"--broker {value!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise usage.UsageError(f"--broker {value!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise usage.UsageError(f"--broker {value!r}: port {port} is out of range 1-65535")
+    return host, port
+
+
+class Options(usage.Options):
+    """Command line of ``twistd ate-sim-sites``."""
+
+    synopsis = "--config FILE [--broker HOST:PORT] [--device-id D] [--sites 0,1,...]"
+    optParameters = [
+        ["config", "c", None, "Simulated sites config file (JSON, or TOML by suffix)"],
+        ["broker", "b", None, "MQTT broker HOST:PORT (overrides the config)"],
+        ["device-id", "d", None, "Device id D (overrides the config)"],
+        ["sites", "s", None, "Comma-separated site ids (overrides the config)"],
+    ]
+    optFlags = [
+        ["logs", None, "Publish Control/TestApp log lines (protocol 2.11)"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required")
+        host = port = None
+        if self["broker"]:
+            host, port = parse_broker(self["broker"])
+        try:
+            self["sim_config"] = load_sim_config(
+                self["config"], device_id=self["device-id"], sites=self["sites"],
+                broker_host=host, broker_port=port)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Any, reactor: Any = None) -> IService:
+    """Build the simulated sites service from parsed :class:`Options`."""
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
+    cfg = options["sim_config"]
+    for warning in cfg.warnings:
+        log.warn("{path}: {warning}", path=cfg.path, warning=warning)
+    log.info("simulating sites {sites} of {device} on {host}:{port}",
+             sites=",".join(cfg.sites), device=cfg.device_id,
+             host=cfg.broker.host, port=cfg.broker.port)
+    return SimSitesService(reactor, cfg, publish_logs=bool(options["logs"]))
