@@ -1,0 +1,336 @@
+"""paho-mqtt 2.x driven by the Twisted reactor (style.md section 2).
+
+L{ReactorPaho} owns one C{paho.mqtt.client.Client} and runs its network loop
+on the reactor:
+
+- paho's socket is registered with the reactor as an C{IReadDescriptor} /
+  C{IWriteDescriptor} through paho's C{on_socket_open}, C{on_socket_close},
+  C{on_socket_register_write} and C{on_socket_unregister_write} hooks; the
+  reactor calls C{loop_read()} / C{loop_write()} when the socket is ready.
+- C{loop_misc()} (keepalive pings, retries) runs from a C{LoopingCall} every
+  second, clocked by the injected reactor.
+- The blocking C{reconnect()} (DNS, TCP, TLS) runs in the reactor's thread
+  pool. Socket hooks paho calls from that thread are marshalled to the
+  reactor thread with C{callFromThread}.
+- Every paho callback is guarded: it always runs on the reactor thread (it
+  is marshalled if paho ever calls it from elsewhere), and an exception is
+  logged with C{log.failure} instead of escaping into paho or the reactor,
+  where it would silently stop delivery.
+
+The application side sees a L{LinkListener}: plain method calls on the
+reactor thread with decoded arguments (topic, payload, reason text, mid).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, Callable, Protocol, Sequence
+
+import paho.mqtt.client as paho
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["LinkListener", "MqttLinkError", "ReactorPaho", "make_paho_client"]
+
+
+class MqttLinkError(Exception):
+    """paho refused an operation (the message names the operation and rc)."""
+
+
+class LinkListener(Protocol):
+    """What L{ReactorPaho} reports to; every call is on the reactor thread."""
+
+    def linkConnected(self, accepted: bool, reason: str) -> None:
+        """CONNACK received: C{accepted} is False when the broker refused."""
+
+    def linkLost(self, reason: str) -> None:
+        """The connection is gone (broker loss, our DISCONNECT, keepalive)."""
+
+    def linkMessage(self, topic: str, payload: bytes, qos: int) -> None:
+        """A PUBLISH arrived."""
+
+    def linkPublished(self, mid: int) -> None:
+        """Our message C{mid} was acked (QoS > 0) or written (QoS 0)."""
+
+    def linkSubscribed(self, mid: int, failures: Sequence[str]) -> None:
+        """SUBACK for C{mid}; C{failures} names refused filters' reasons."""
+
+
+def make_paho_client(options: Any, client_id: str,
+                     will: tuple[str, bytes, int] | None) -> paho.Client:
+    """Build a paho client for C{options} (an C{ate.config.MqttOptions}).
+
+    MQTT 3.1.1, clean session, our own reconnect (paho's is off), unlimited
+    inflight and queued messages (bursts of 64 sites x QoS 2 must not be
+    throttled to paho's default window of 20), credentials, TLS and the
+    last will (never retained).
+    """
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
+        protocol=paho.MQTTv311,
+        reconnect_on_failure=False,
+    )
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(0)
+    if options.username is not None:
+        client.username_pw_set(options.username, options.password)
+    if options.tls:
+        client.tls_set(
+            ca_certs=options.tls_ca,
+            certfile=options.tls_cert,
+            keyfile=options.tls_key,
+        )
+        if options.tls_insecure:
+            client.tls_insecure_set(True)
+    if will is not None:
+        topic, payload, qos = will
+        client.will_set(topic, payload, qos, retain=False)
+    client.connect_async(options.host, options.port, options.keepalive)
+    return client
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class _PahoSocket:
+    """The reactor's view of paho's socket; forwards readiness to paho."""
+
+    def __init__(self, link: "ReactorPaho", sock: Any) -> None:
+        self.sock = sock
+        self._link = link
+        self._fd = sock.fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        self._link._doRead()
+        return None  # never a reason: paho handles its own connection loss
+
+    def doWrite(self) -> None:
+        self._link._doWrite()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._link._descriptorLost(self, reason)
+
+    def logPrefix(self) -> str:
+        return "paho-mqtt"
+
+
+class ReactorPaho:
+    """One paho client on the reactor; see the module docstring.
+
+    Construct it on the reactor thread. C{client} should come from
+    L{make_paho_client} (C{connect_async} already called), C{listener}
+    receives the events.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, client: paho.Client, listener: LinkListener,
+                 *, misc_interval: float = 1.0) -> None:
+        self._reactor = reactor
+        self.client = client
+        self.listener = listener
+        self._reactorThread = threading.get_ident()
+        self._descriptor: _PahoSocket | None = None
+        self._blocking = False
+        self._misc = LoopingCall(self._loopMisc)
+        self._misc.clock = reactor
+        self._miscInterval = misc_interval
+
+        client.suppress_exceptions = True
+        client.on_socket_open = self._guard("on_socket_open", self._socketOpened)
+        client.on_socket_close = self._guard("on_socket_close", self._socketClosed)
+        client.on_socket_register_write = self._guard(
+            "on_socket_register_write", self._registerWrite)
+        client.on_socket_unregister_write = self._guard(
+            "on_socket_unregister_write", self._unregisterWrite)
+        client.on_connect = self._guard("on_connect", self._onConnect)
+        client.on_disconnect = self._guard("on_disconnect", self._onDisconnect)
+        client.on_message = self._guard("on_message", self._onMessage)
+        client.on_publish = self._guard("on_publish", self._onPublish)
+        client.on_subscribe = self._guard("on_subscribe", self._onSubscribe)
+
+    # -- public API -----------------------------------------------------
+
+    @classmethod
+    def create(cls, reactor: Any, options: Any, client_id: str,
+               will: tuple[str, bytes, int] | None,
+               listener: LinkListener) -> "ReactorPaho":
+        """Build a paho client for C{options} and wrap it."""
+        return cls(reactor, make_paho_client(options, client_id, will), listener)
+
+    def start(self) -> None:
+        """Start the C{loop_misc} timer (idempotent)."""
+        if not self._misc.running:
+            self._misc.start(self._miscInterval, now=False)
+
+    def stop(self) -> None:
+        """Stop the C{loop_misc} timer (idempotent)."""
+        if self._misc.running:
+            self._misc.stop()
+
+    def connect(self) -> Deferred[None]:
+        """Open the TCP (TLS) connection and send CONNECT, in a worker thread.
+
+        Fires when the socket is registered with the reactor and CONNECT is
+        queued; the broker's answer arrives later via C{linkConnected}.
+        """
+        if self._blocking:
+            raise MqttLinkError("connect: a connection attempt is already running")
+        self._blocking = True
+
+        def attempt() -> None:
+            rc = self.client.reconnect()
+            if rc != paho.MQTT_ERR_SUCCESS:
+                raise MqttLinkError(f"connect: {paho.error_string(rc)}")
+
+        def done(result: object) -> object:
+            self._blocking = False
+            return result
+
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), attempt)
+        d.addBoth(done)
+        return d
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> int:
+        """Queue a PUBLISH; returns its mid. Raises MqttLinkError or ValueError."""
+        info = self.client.publish(topic, payload, qos, retain=False)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise MqttLinkError(f"publish to {topic!r}: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> int | None:
+        """Queue one SUBSCRIBE for all filters; returns its mid (None if empty)."""
+        if not subscriptions:
+            return None
+        rc, mid = self.client.subscribe(list(subscriptions))
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise MqttLinkError(f"subscribe: {paho.error_string(rc)}")
+        return mid
+
+    def disconnect(self) -> None:
+        """Queue a clean DISCONNECT (the broker then drops the will)."""
+        self.client.disconnect()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT (used when a stop times out).
+
+        The socket is shut down; paho notices the EOF on its next read and
+        reports the loss as usual.
+        """
+        sock = self.client.socket()
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- guarding -------------------------------------------------------
+
+    def _inReactorThread(self) -> bool:
+        return threading.get_ident() == self._reactorThread
+
+    def _guard(self, name: str, fn: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a paho callback: reactor thread only, exceptions logged."""
+
+        def guarded(*args: Any) -> None:
+            if not self._inReactorThread():
+                self._reactor.callFromThread(guarded, *args)
+                return
+            try:
+                fn(*args)
+            except Exception:
+                self.log.failure("paho callback {callback} failed", callback=name)
+
+        return guarded
+
+    # -- socket registration --------------------------------------------
+
+    def _socketOpened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # unix sockets, exotic transports
+        self._dropDescriptor()
+        self._descriptor = _PahoSocket(self, sock)
+        self._reactor.addReader(self._descriptor)
+
+    def _socketClosed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._descriptor is not None and self._descriptor.sock is sock:
+            self._dropDescriptor()
+
+    def _registerWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._descriptor is not None and self._descriptor.sock is sock:
+            self._reactor.addWriter(self._descriptor)
+
+    def _unregisterWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._descriptor is not None and self._descriptor.sock is sock:
+            self._reactor.removeWriter(self._descriptor)
+
+    def _dropDescriptor(self) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            self._reactor.removeReader(descriptor)
+            self._reactor.removeWriter(descriptor)
+
+    def _descriptorLost(self, descriptor: _PahoSocket, reason: Failure) -> None:
+        # The reactor gave up on the fd (e.g. it became invalid); paho will
+        # notice on its side through loop_misc or the next read.
+        self.log.debug("paho socket removed by the reactor: {reason}",
+                       reason=reason.getErrorMessage())
+        if descriptor is self._descriptor:
+            self._dropDescriptor()
+
+    # -- loop driving ---------------------------------------------------
+
+    def _doRead(self) -> None:
+        try:
+            self.client.loop_read()
+        except Exception:
+            self.log.failure("paho loop_read failed")
+
+    def _doWrite(self) -> None:
+        try:
+            self.client.loop_write()
+        except Exception:
+            self.log.failure("paho loop_write failed")
+
+    def _loopMisc(self) -> None:
+        if self._blocking or self.client.socket() is None:
+            return  # a worker thread owns the client, or nothing to ping
+        try:
+            self.client.loop_misc()
+        except Exception:
+            self.log.failure("paho loop_misc failed")
+
+    # -- paho callbacks -> listener --------------------------------------
+
+    def _onConnect(self, client: paho.Client, userdata: Any, flags: Any,
+                   reason: Any, properties: Any) -> None:
+        self.listener.linkConnected(not reason.is_failure, str(reason))
+
+    def _onDisconnect(self, client: paho.Client, userdata: Any, flags: Any,
+                      reason: Any, properties: Any) -> None:
+        self.listener.linkLost(str(reason))
+
+    def _onMessage(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        self.listener.linkMessage(message.topic, message.payload, message.qos)
+
+    def _onPublish(self, client: paho.Client, userdata: Any, mid: int,
+                   reason: Any, properties: Any) -> None:
+        self.listener.linkPublished(mid)
+
+    def _onSubscribe(self, client: paho.Client, userdata: Any, mid: int,
+                     reasons: Sequence[Any], properties: Any) -> None:
+        self.listener.linkSubscribed(
+            mid, [str(r) for r in reasons if r.is_failure])
