@@ -1,0 +1,752 @@
+"""The cell: builds and wires the master's parts and is the one object that the MQTT router,
+the web API and the feed talk to (the "Boss" of design.md §1).
+
+It implements the effects of the master machine (``MasterEffects``): publishing, the lot's
+results and datalog, the phase timers.  Time comes from the injected clock only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+import ate
+from ate.jobs.model import Job, JobError
+from ate.master.lot import Lot
+from ate.master.machine import EXTERNAL, MasterCore, MasterMachine, Refusal
+from ate.master.peripherals import PeripheralMismatch, PeripheralSync
+from ate.master.settings import SettingsError, UserSettings
+from ate.master.sites import SiteTracker
+from ate.protocol import messages as m
+from ate.stdf.sink import Datalog
+
+LOG_LEVELS = (10, 20, 30, 40)
+
+
+class Publisher:
+    """What the cell needs from MQTT: ``publish(topic, payload, qos) -> Deferred``."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 2) -> Deferred:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class Metrics:
+    """Counters for /metrics and the operator."""
+
+    parts: int = 0
+    cycles: int = 0
+    commands_refused: int = 0
+    protocol_errors: dict[str, int] = field(default_factory=dict)
+    unexpected_results: int = 0
+    duplicate_results: int = 0
+    bad_records: int = 0
+    softerrors: int = 0
+    mqtt_disconnects: int = 0
+    cycle_seconds: list[float] = field(default_factory=list)  # bounded, see Cell
+
+    def count_protocol_error(self, kind: str) -> None:
+        self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
+
+
+@dataclass(slots=True)
+class _Part:
+    """The part under test: what was asked and what came back."""
+
+    sites_info: list[dict]
+    tested: tuple[str, ...]  # ascending
+    order: tuple[str, ...]  # request order
+    requested: dict[str, dict]
+    started: float
+    results: list[tuple[str, Sequence[dict]]] = field(default_factory=list)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    written: bool = False
+
+
+def _site_key(site: str) -> int:
+    return int(site)
+
+
+class Cell:
+    log = Logger(namespace="ate.master.cell")
+
+    def __init__(
+        self,
+        config: Any,
+        clock: IReactorTime,
+        publisher: Publisher,
+        *,
+        job_source: Any,
+        settings: UserSettings,
+        logs: Any = None,
+        run_in_thread: Callable[..., Deferred] | None = None,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.publisher = publisher
+        self.job_source = job_source
+        self.settings = settings
+        self.logs = logs
+        self.run_in_thread = run_in_thread
+        self.wallclock = wallclock
+        self.sites: tuple[str, ...] = tuple(config.sites)
+        self.codec = m.Codec(config.device_id, self.sites, config.handler_id)
+        self.metrics = Metrics()
+        self.tracker = SiteTracker(self.sites, self)
+        self.peripherals = PeripheralSync(tuple(config.peripherals))
+        self.layout: tuple[tuple[int, int], ...] = tuple(config.site_layout)
+        self.loglevel: int = config.loglevel
+        self.lot: Lot | None = None
+        self.job: Job | None = None
+        self.datalog: Datalog | None = None
+        self.lot_number = ""
+        self.setup_t = 0.0
+        self.start_t: float | None = None
+        self.part: _Part | None = None
+        self._state = "startup"
+        self._message = ""
+        self._published_state: str | None = None
+        self._timer: IDelayedCall | None = None
+        self._after_reset = False
+        self._strategies: dict[str, Any] = {}
+        self._part_ids = itertools.count(1)
+        self._listeners: list[Callable[[str, Any], None]] = []
+        self._last_publish: Deferred = succeed(None)
+        self._connected = False
+        self._pending_io: Any = None
+        self.machine = MasterMachine(MasterCore(self))
+        self._t = self.codec.topics if hasattr(self.codec, "topics") else None
+
+    # ================================================================================
+    # Public API: MQTT lifecycle, commands, site messages, web.
+
+    def subscribe(self, listener: Callable[[str, Any], None]) -> None:
+        """``listener(kind, data)`` for every cell event (status, testresult, part, …)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[str, Any], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def mqtt_connected(self) -> None:
+        self._connected = True
+        self.machine.connected()
+
+    def mqtt_disconnected(self) -> None:
+        self._connected = False
+        self.metrics.mqtt_disconnects += 1
+        self.machine.disconnected()
+
+    def command(self, msg: Any, origin: str = "handler") -> Any:
+        """Run one handler-type command.  Returns the response message to send (or None);
+        refusals come back as an ``ErrorResponse`` message."""
+        if isinstance(msg, m.Identify):
+            return m.IdentifyResponse(name=self.config.device_id)
+        if isinstance(msg, m.GetState):
+            return m.GetStateResponse(state=self._state_for_wire(), message=self._message)
+        if isinstance(msg, m.GetHost):
+            return m.GetHostResponse(host=self.config.webui_host, port=self.config.webui_port)
+        if isinstance(msg, m.Load):
+            refusal = self.machine.load(msg.lot_number)
+        elif isinstance(msg, m.Next):
+            refusal = self.machine.next(msg.sites)
+        elif isinstance(msg, m.Unload):
+            refusal = self.machine.unload()
+        elif isinstance(msg, m.Reset):
+            refusal = self.machine.reset()
+        elif isinstance(msg, m.SiteLayout):
+            refusal = self.machine.siteLayout(msg.layout)
+        else:
+            raise TypeError(f"not a handler command: {msg!r}")
+        if refusal is None:
+            return None
+        return self.refusal_response(refusal, origin)
+
+    def refusal_response(self, refusal: Refusal, origin: str = "handler") -> Any:
+        self.metrics.commands_refused += 1
+        self.log.warn(
+            "{origin} command {command} refused ({rtype}): {reason}",
+            origin=origin, command=refusal.command, rtype=refusal.response_type,
+            reason=refusal.message,
+        )
+        return m.ErrorResponse(
+            command_type=refusal.command,
+            response_type=refusal.response_type,
+            state=self._state_for_wire(),
+            message=refusal.message,
+        )
+
+    def handle_command(self, msg: Any, origin: str = "handler") -> None:
+        """A command from MQTT: run it and publish the answer, if any."""
+        response = self.command(msg, origin)
+        if response is not None:
+            self._publish(response)
+
+    def command_error(self, command: str, reason: str, origin: str = "handler") -> Any:
+        """A malformed or unknown command: the error response, state unchanged."""
+        return self.refusal_response(Refusal(command, "error", reason), origin)
+
+    # -- site messages (from the router) ---------------------------------------------
+
+    def control_status(self, site: str, state: str, error_message: str = "") -> None:
+        self.tracker.control(site, state, error_message)
+        self._emit("sites", None)
+
+    def testapp_status(self, site: str, state: str) -> None:
+        self.tracker.testapp(site, state)
+        self._emit("sites", None)
+
+    def interface_mismatch(self, site: str, message: str) -> None:
+        """A Control status of another interface version (protocol.md §2.5)."""
+        self.machine.fatal(message)
+
+    def test_result(self, site: str, records: Sequence[dict], raw: Any = None) -> None:
+        part = self.part
+        problem = self.tracker.result_problem(site) if part is not None else (
+            f"unexpected test result from site {site} (no part under test)"
+        )
+        if problem is not None:
+            if problem.startswith("duplicate"):
+                self.metrics.duplicate_results += 1
+            else:
+                self.metrics.unexpected_results += 1
+            self.log.warn("{problem}; ignored: {records!r}", problem=problem, records=records)
+            return
+        assert part is not None and self.lot is not None
+        outcome = self.lot.add_result(site, records)
+        part.results.append((site, records))
+        part.outcomes[site] = outcome
+        self.metrics.parts += 1
+        self._emit("testresult", {"type": "testresult", "payload": list(records)})
+        if outcome.unknown_soft_bin:
+            self.machine.fault(
+                f"site {site}: soft bin {outcome.soft_bin} is not in the job's bin table"
+            )
+            return
+        done = self.peripherals.site_done(site)
+        if done is not None:
+            self._forward_io(done)
+        self.tracker.result(site)  # may complete the part
+
+    def malformed_result(self, site: str, reason: str) -> None:
+        if self.part is not None and self.tracker.is_tested(site) and not self.tracker.has_result(site):
+            self.machine.fault(f"site {site} sent a malformed test result: {reason}")
+        else:
+            self.metrics.unexpected_results += 1
+            self.log.warn("malformed test result from site {site} ignored: {reason}",
+                          site=site, reason=reason)
+
+    def test_summary(self, site: str, records: Sequence[dict]) -> None:
+        if self._state != "unloading" or self.datalog is None:
+            self.log.warn("test summary from site {site} outside unloading ignored", site=site)
+            return
+        problems = self.datalog.add_summary(site, records)
+        self._count_problems(problems)
+
+    def execution_strategy(self, site: str, strategy: Any) -> None:
+        if self._state not in ("loading", "ready"):
+            self.log.warn("execution strategy from site {site} in {state} ignored",
+                          site=site, state=self._state)
+            return
+        self._strategies[site] = strategy
+        if len(self._strategies) < len(self.sites):
+            return
+        values = list(self._strategies.values())
+        first = values[0]
+        if any(v != first for v in values[1:]):
+            detail = "; ".join(f"site {s}: {v!r}" for s, v in self._strategies.items())
+            self.machine.fault(f"execution strategy mismatch: sites disagree ({detail})")
+            return
+        covered: set[str] = set()
+        try:
+            for stage in first[0]:
+                covered.update(str(x) for x in stage)
+        except (TypeError, IndexError):
+            self.machine.fault(f"execution strategy mismatch: malformed strategy {first!r}")
+            return
+        if covered != set(self.sites):
+            self.machine.fault(
+                "execution strategy mismatch: test 0 covers sites "
+                f"{sorted(covered)}, configured {list(self.sites)}"
+            )
+
+    def io_request(self, site: str, periphery_type: str, ioctl_name: str, parameters: Any) -> None:
+        if not self._state.startswith("testing") or not self.tracker.is_tested(site):
+            self.log.warn("io-control request from site {site} outside testing ignored", site=site)
+            return
+        try:
+            forward = self.peripherals.request(site, periphery_type, ioctl_name, parameters)
+        except PeripheralMismatch as e:
+            self.machine.fault(str(e))
+            return
+        if forward is not None:
+            self._forward_io(forward)
+
+    def io_response(self, periphery_type: str, payload: Any) -> None:
+        if not self.peripherals.response(periphery_type, payload):
+            self.log.warn("io-control response for {ptype} without a pending request ignored",
+                          ptype=periphery_type)
+            return
+        self._publish(m.PeripheralResponseRelay(periphery_type=periphery_type, payload=payload))
+        self.machine.resourceDone()
+
+    def peripheral_status(self, periphery_type: str, status: str) -> None:
+        self.peripherals.set_status(periphery_type, status)
+
+    def handler_status(self, state: str, message: Any) -> None:
+        if self._state in ("softerror",):
+            return
+        if state == "connecting":
+            self.republish()
+        elif state in ("error", "crash"):
+            self.log.warn("handler reports {state}: {message}", state=state, message=message)
+
+    # -- web UI commands ----------------------------------------------------------------
+
+    def update_settings(self, items: Any) -> None:
+        """UI/API ``usersettings``; raises ``SettingsError`` or ``CommandRefused``."""
+        if self._state not in ("initialized", "ready"):
+            raise SettingsError(f"usersettings refused: not allowed in {self._state_for_wire()}")
+        self.settings.update(items)
+        self._emit("usersettings", self.usersettings())
+
+    def set_loglevel(self, level: Any) -> None:
+        if isinstance(level, bool) or level not in LOG_LEVELS:
+            raise ValueError(f"setloglevel refused: level {level!r} is not one of 10, 20, 30, 40")
+        self.loglevel = level
+        if self.logs is not None:
+            self.logs.set_level(level)
+        self._send_loglevel()
+        self._emit("usersettings", self.usersettings())
+
+    def bin_map(self, sbin: Any, hbin: Any) -> None:
+        if self._state != "ready" or self.lot is None:
+            raise ValueError(f"binMap refused: allowed in ready only (state {self._state_for_wire()})")
+        for name, v in (("sBin", sbin), ("hBin", hbin)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+                raise ValueError(f"binMap refused: {name} {v!r} is not an integer 0..65535")
+        try:
+            self.lot.set_hbin(sbin, hbin)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"binMap refused: {e}") from None
+        self._publish(m.TestAppSetHBin(sites=self.sites, sbin=str(sbin), hbin=str(hbin)))
+        self._emit("bintable", self.lot.bintable())
+
+    def usersettings(self) -> dict:
+        return {"testoptions": self.settings.testoptions(), "loglevel": self.loglevel}
+
+    # -- queries ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state_for_wire()
+
+    @property
+    def error_message_text(self) -> str:
+        return self._message
+
+    def status(self) -> dict:
+        lot = self.lot
+        return {
+            "device_id": self.config.device_id,
+            "handler": self.config.handler_id,
+            "environment": self.config.environment,
+            "state": self._state_for_wire(),
+            "internal_state": self._state,
+            "error_message": self._message,
+            "sites": list(self.sites),
+            "site_states": self.tracker.states(),
+            "lot_number": self.lot_number,
+            "program": self.job.testapp_script_path if self.job else "",
+            "parts": lot.parts_tested if lot is not None else 0,
+            "datalog": self.datalog.path if self.datalog is not None else None,
+            "connected": self._connected,
+        }
+
+    def stop(self) -> Deferred:
+        """Shut down: finalise the datalog, publish the last status.  The Deferred fires
+        when the broker acknowledged it (or at once when not connected)."""
+        self.machine.stop()
+        return self._last_publish
+
+    # ================================================================================
+    # MasterEffects (called by the machine's behaviours only).
+
+    def external_state(self) -> str:
+        return self._state_for_wire()
+
+    def error_message(self) -> str:
+        return self._message
+
+    def first_connect(self) -> None:
+        self._set_state("connecting", "")
+        self._publish_status()
+        self._publish(m.ControlReset(sites=self.sites))
+        self._publish(m.TestAppReset(sites=self.sites))
+        self.tracker.begin_connecting(after_reset=False)
+        self._arm("startup")
+
+    def republish(self) -> None:
+        if self._state in ("startup", "stopped"):
+            return
+        self._publish_status(force=True)
+
+    def note_disconnected(self) -> None:
+        self.log.warn("broker connection lost in {state}; state kept", state=self._state)
+
+    def reset_sites(self) -> None:
+        self._finalise("aborted: reset")
+        self._clear_part()
+        self._publish(m.ControlReset(sites=self.sites))
+        self._publish(m.TestAppReset(sites=self.sites))
+        self.tracker.begin_connecting(after_reset=True)
+        self._enter("connecting", "", timer="reset")
+
+    def enter_initialized(self) -> None:
+        self.tracker.begin_initialized()
+        self._enter("initialized", "")
+
+    def prepare_load(self, lot_number: str) -> tuple[Refusal | None, Job | None]:
+        busy = self.tracker.unavailable()
+        if busy:
+            return Refusal("load", "busy",
+                           f"load refused: sites not idle yet ({', '.join(busy)})"), None
+        try:
+            job = self.job_source.load(lot_number)
+        except JobError as e:
+            self._message = str(e)
+            return Refusal("load", "error", str(e)), None
+        try:
+            self._new_datalog(job)
+        except OSError as e:
+            reason = f"load refused: cannot create the datalog in {self.config.stdf_directory}: {e}"
+            self._message = reason
+            return Refusal("load", "error", reason), None
+        return None, job
+
+    def start_load(self, job: Job) -> None:
+        self.job = job
+        self.lot_number = job.lot_number
+        self.lot = Lot(job, self.sites, self.config.device_id)
+        self.start_t = None
+        self._strategies = {}
+        self.settings.reset_to_defaults()
+        self._publish(m.ControlLoadTest(
+            sites=self.sites,
+            script_path=job.testapp_script_path,
+            script_args=tuple(job.testapp_script_args),
+            cwd=job.cwd,
+            bin_table=job.bin_table_wire(),
+        ))
+        self.tracker.begin_loading()
+        self._enter("loading", "", timer="load")
+        self.log.info("lot {lot} loading ({path})", lot=job.lot_number, path=job.path)
+        self._emit("usersettings", self.usersettings())
+        self._emit("bintable", self.lot.bintable())
+        self._emit("lot", None)
+
+    def enter_ready(self) -> None:
+        self._send_loglevel()
+        self._publish(m.TestAppGetExecutionStrategy(sites=self.sites, layout=self.layout))
+        self.tracker.begin_ready()
+        self._enter("ready", "")
+
+    def prepare_next(self, sites: Any) -> tuple[Refusal | None, Any]:
+        missing = self.peripherals.unavailable()
+        if missing:
+            return Refusal("next", "error",
+                           f"next refused: peripheral {', '.join(missing)} not available"), None
+        if sites is None:
+            infos = [{"siteid": s, "partid": str(next(self._part_ids)), "binning": -1}
+                     for s in self.sites]
+        else:
+            infos = [_site_info_dict(si) for si in sites]
+        order = tuple(i["siteid"] for i in infos)
+        tested = tuple(sorted(order, key=_site_key))
+        requested = {i["siteid"]: i for i in infos}
+        return None, _Part(infos, tested, order, requested, self.clock.seconds())
+
+    def start_part(self, plan: _Part) -> None:
+        self.part = plan
+        first = self.start_t is None
+        if first:
+            self.start_t = self.wallclock()
+        self.tracker.begin_testing(plan.tested)
+        self.peripherals.start_part(plan.tested)
+        job_data = self.settings.job_data()
+        job_data["sites_info"] = plan.sites_info
+        self._publish(m.TestAppNext(sites=plan.tested, job_data=job_data))
+        self._enter("testing.starting", "", timer="next_ack")
+        if first and self.lot is not None:
+            self._emit("lotdata", self.lotdata())
+
+    def part_acknowledged(self) -> None:
+        self._set_state("testing.running", self._message)
+        self._arm("test")
+
+    def complete_part(self) -> None:
+        part = self.part
+        assert part is not None
+        self._write_part(part)
+        sites_out = []
+        for siteid in part.order:
+            outcome = part.outcomes[siteid]
+            records = next(r for s, r in part.results if s == siteid)
+            prr = records[-1]
+            partid = prr.get("PART_ID") or part.requested[siteid].get("partid")
+            if not partid:
+                partid = f"{prr.get('X_COORD')}x{prr.get('Y_COORD')}"
+            sites_out.append(m.NextResult(siteid=siteid, partid=str(partid),
+                                          binning=outcome.hard_bin, logflag=0, additionalinfo=0))
+        self._publish(m.NextResponse(sites=tuple(sites_out)))
+        cycle = self.clock.seconds() - part.started
+        self.metrics.cycles += 1
+        if self.lot is not None:
+            self.lot.note_cycle(cycle)
+        self.part = None
+        self.tracker.begin_ready()
+        self._enter("ready", "")
+        self._emit("part", cycle)
+
+    def wait_for_resource(self) -> None:
+        self._set_state("testing.waiting_for_resource", self._message)
+        self._arm("ioctl")
+
+    def resource_done(self) -> None:
+        self._set_state("testing.running", self._message)
+        self._arm("test")
+
+    def start_unload(self) -> None:
+        self._publish(m.TestAppTerminate(sites=self.sites))
+        self.tracker.begin_unloading()
+        self._enter("unloading", "", timer="unload")
+
+    def finish_unload(self) -> None:
+        self._finalise("")
+        self.tracker.begin_initialized()
+        self._enter("initialized", "")
+
+    def set_layout(self, layout: Any) -> None:
+        self.layout = tuple(tuple(p) for p in layout)
+        for x, y in self.layout:
+            if x >= len(self.sites) or y >= len(self.sites):
+                self.log.warn("site-layout coordinate ({x}, {y}) beyond the site count", x=x, y=y)
+                break
+        self.log.info("site layout set to {layout}", layout=self.layout)
+
+    def enter_softerror(self, message: str) -> None:
+        self.metrics.softerrors += 1
+        self.log.error("softerror: {message}", message=message)
+        self.tracker.halt()
+        self._flush_part_results()
+        self._finalise(f"aborted: {message}")
+        self._enter("softerror", message)
+
+    def enter_error(self, message: str) -> None:
+        self.log.error("error: {message}", message=message)
+        self.tracker.halt()
+        self._flush_part_results()
+        self._finalise(f"aborted: {message}")
+        self._enter("error", message)
+
+    def ignore(self, what: str, detail: str = "") -> None:
+        self.log.debug("{what} ignored in {state} {detail}", what=what, state=self._state,
+                       detail=detail)
+
+    def shutdown(self) -> None:
+        self._cancel_timer()
+        self._flush_part_results()
+        self._finalise("aborted: master stopped")
+        self._state = "stopped"
+        self._message = "master stopped"
+        if self._connected:
+            self._last_publish = self._publish(m.MasterStatus(state="crash", message="master stopped"))
+        self._emit("status", self.status())
+
+    # ================================================================================
+    # Tracker events (SiteTracker calls these).
+
+    def synced(self) -> None:
+        self.machine.synced()
+
+    def loaded(self) -> None:
+        self.machine.loaded()
+
+    def acknowledged(self) -> None:
+        self.machine.acknowledged()
+
+    def partDone(self) -> None:
+        self.machine.partDone()
+
+    def fault(self, message: str) -> None:
+        self.machine.fault(message)
+
+    # ================================================================================
+    # Internals.
+
+    def lotdata(self) -> dict | None:
+        if self.lot is None:
+            return None
+        start = self.start_t if self.start_t is not None else self.setup_t
+        return self.lot.mir(int(self.setup_t), int(start), ate.__version__)
+
+    def _state_for_wire(self) -> str:
+        state = self._state
+        if state == "startup":
+            return "connecting"
+        return EXTERNAL.get(state, state)
+
+    def _set_state(self, state: str, message: str) -> None:
+        self._state = state
+        self._message = message
+
+    def _enter(self, state: str, message: str, timer: str | None = None) -> None:
+        self._set_state(state, message)
+        self._publish_status()
+        self._arm(timer)
+
+    def _publish_status(self, force: bool = False) -> None:
+        wire = self._state_for_wire()
+        if force or wire != self._published_state:
+            self._published_state = wire
+            self._publish(m.MasterStatus(state=wire, message=self._message))
+            self._emit("status", self.status())
+
+    def _publish(self, msg: Any) -> Deferred:
+        topic, payload = self.codec.encode(msg)
+        d = self.publisher.publish(topic, payload, 2)
+        d.addErrback(self._publish_failed, topic)
+        return d
+
+    def _publish_failed(self, failure: Any, topic: str) -> None:
+        self.log.warn("publish on {topic} failed: {reason}", topic=topic,
+                      reason=failure.getErrorMessage())
+
+    def _emit(self, kind: str, data: Any) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(kind, data)
+            except Exception:
+                self.log.failure("cell listener failed on {kind}", kind=kind)
+
+    def _send_loglevel(self) -> None:
+        self._publish(m.TestAppSetLogLevel(sites=self.sites, level=self.loglevel))
+        self._publish(m.ControlSetLogLevel(sites=self.sites, level=self.loglevel))
+
+    def _forward_io(self, forward: Any) -> None:
+        self._publish(m.IoControlForward(periphery_type=forward.periphery_type,
+                                         ioctl_name=forward.ioctl_name,
+                                         parameters=forward.parameters))
+        self._pending_io = forward
+        self.machine.resourceRequested()
+
+    # -- datalog ------------------------------------------------------------------------
+
+    def _new_datalog(self, job: Job) -> None:
+        self.setup_t = self.wallclock()
+        self.datalog = Datalog.create(
+            self.config.stdf_directory, job, self.config.device_id, self.sites, self.setup_t,
+            clock=self.clock, fsync_interval=self.config.stdf_fsync_interval,
+            run_in_thread=self.run_in_thread,
+        )
+        self.log.info("datalog {path}", path=self.datalog.path)
+
+    def _write_part(self, part: _Part) -> None:
+        if part.written or not part.results or self.datalog is None or self.datalog.finalised:
+            return
+        part.written = True
+        start = self.start_t if self.start_t is not None else self.setup_t
+        problems = self.datalog.write_parts(part.results, start)
+        self._count_problems(problems)
+
+    def _count_problems(self, problems: Sequence[str]) -> None:
+        for problem in problems:
+            self.metrics.bad_records += 1
+            self.log.warn("datalog: {problem}", problem=problem)
+
+    def _flush_part_results(self) -> None:
+        if self.part is not None:
+            self._write_part(self.part)
+
+    def _finalise(self, reason: str) -> None:
+        datalog = self.datalog
+        if datalog is None or datalog.finalised or self.lot is None:
+            return
+        try:
+            datalog.finalise(self.lot, finish_t=self.wallclock(), reason=reason)
+            self.log.info("datalog {path} finalised{why}", path=datalog.path,
+                          why=f" ({reason})" if reason else "")
+        except OSError as e:
+            self.log.error("datalog {path} could not be finalised: {e}", path=datalog.path, e=e)
+        self._emit("finalised", datalog.path)
+
+    def _clear_part(self) -> None:
+        self.part = None
+        self.peripherals.reset()
+
+    # -- timers -------------------------------------------------------------------------
+
+    _TIMER_TEXT = {
+        "startup": "not all sites connected",
+        "reset": "not all sites do report state idle after reset",
+        "load": "not all sites loaded the testprogram",
+        "next_ack": "not all sites respond to next command",
+        "test": "not all sites completed the active test",
+        "unload": "not all sites unloaded the testprogram",
+    }
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _arm(self, kind: str | None) -> None:
+        self._cancel_timer()
+        if kind is None:
+            return
+        if kind != "ioctl" and not self.config.enable_timeouts:
+            return
+        seconds = getattr(self.config.timeouts, kind)
+        self._timer = self.clock.callLater(seconds, self._expired, kind)
+
+    def _expired(self, kind: str) -> None:
+        self._timer = None
+        if kind == "ioctl":
+            forward = self._pending_io
+            ptype = forward.periphery_type if forward is not None else "?"
+            if forward is not None:
+                self._publish(m.PeripheralResponseRelay(
+                    periphery_type=ptype,
+                    payload={"type": "io-control-response", "ioctl_name": forward.ioctl_name,
+                             "result": "Timeout"}))
+            self.peripherals.reset()
+            self.machine.fault(f"Failed to control resource {ptype}. Reason: Timeout.")
+            return
+        if kind == "next_ack":
+            missing = self.tracker.missing_ack()
+        else:
+            missing = self.tracker.missing()
+        text = self._TIMER_TEXT[kind]
+        if missing:
+            text += f" (missing: {', '.join(missing)})"
+        self.machine.fault(text)
+
+
+def _site_info_dict(si: Any) -> dict:
+    if isinstance(si, dict):
+        return si
+    out: dict[str, Any] = {"siteid": si.siteid}
+    for name in ("partid", "binning", "logflag", "additionalinfo"):
+        value = getattr(si, name)
+        if value is not None:
+            out[name] = value
+    for key, value in getattr(si, "extra", ()) or ():
+        out[key] = value
+    return out
