@@ -797,6 +797,15 @@ class SimSites:
 # --------------------------------------------------------------------------------------
 
 
+def _mqtt_service_class() -> Callable[..., Any]:
+    """``ate.mqtt.MqttService`` (imported late: the core does not need MQTT)."""
+    try:
+        from ate.mqtt import MqttService
+    except ImportError:
+        from ate.mqtt.service import MqttService
+    return MqttService
+
+
 class SimSitesService(MultiService):
     """The simulated sites on MQTT.
 
@@ -824,7 +833,7 @@ class SimSitesService(MultiService):
         self.sites = SimSites.from_config(config, reactor, self._publish,
                                           publish_logs=publish_logs)
         if mqtt_factory is None:
-            from ate.mqtt import MqttService as mqtt_factory  # noqa: N813
+            mqtt_factory = _mqtt_service_class()
         device = self.sites.device_id
         self.client_id = client_id or f"simsites.{device}.{os.getpid()}"
         subscriptions = [(f"ate/{device}/Control/cmd", 2), (f"ate/{device}/TestApp/cmd", 2),
