@@ -1,0 +1,324 @@
+"""One loaded lot: its results, yields, bin counts and part counters (pure, no Twisted).
+
+The master's state machine decides *when* a result is counted; this module decides *what*
+is counted (protocol 7.1–7.3). Every result is folded in in constant time: a retest
+removes the part's previous contribution and adds the new one. Per part only a compact
+tuple is kept (site, head, soft bin, hard bin, part flag, retest count).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin
+from ate.stdf.summary import mir_record
+
+__all__ = ["Lot", "PartOutcome"]
+
+_MISSING_COORD = -32768
+
+
+@dataclass(frozen=True, slots=True)
+class PartOutcome:
+    """What one site result meant for the lot."""
+
+    site: str
+    part_id: str
+    soft_bin: int
+    hard_bin: int
+    passed: bool
+    retest: bool
+    unknown_soft_bin: bool
+    test_time_ms: int | None
+    #: Notes for the master's log, e.g. a generated part id (7.1).
+    warnings: tuple[str, ...] = ()
+
+
+class _RunningStats:
+    """Count, min, mean and max of a stream of numbers, in O(1) memory."""
+
+    __slots__ = ("count", "total", "low", "high")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.low = self.high = 0.0
+
+    def add(self, value: float) -> None:
+        if self.count == 0:
+            self.low = self.high = value
+        else:
+            self.low = min(self.low, value)
+            self.high = max(self.high, value)
+        self.count += 1
+        self.total += value
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.count:
+            return {"count": 0, "min": None, "mean": None, "max": None}
+        return {"count": self.count, "min": self.low, "mean": self.total / self.count,
+                "max": self.high}
+
+
+def _bin_value(value: Any, what: str, site: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"site {site}: PRR {what} must be an integer 0..65535, "
+                         f"got {value!r}")
+    return value
+
+
+def _record_type(record: Any) -> Any:
+    if not isinstance(record, Mapping):
+        return None
+    name = record.get("type")
+    return record.get("rec_id") if name is None else name
+
+
+class Lot:
+    """Results, yields and bins of one loaded lot.
+
+    ``sites`` are the configured site ids in configured order; ``device_id`` is the
+    tester's id (D). ``keep_last`` bounds the results kept for the web UI.
+    """
+
+    def __init__(self, job: Any, sites: Sequence[str], device_id: str,
+                 keep_last: int = 1000) -> None:
+        if isinstance(sites, str) or not sites:
+            raise ValueError("Lot needs a non-empty list of site ids")
+        if keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+        self.job = job
+        self.sites: tuple[str, ...] = tuple(str(s) for s in sites)
+        self.device_id = device_id
+        self.parts_tested = 0
+        self._site_set = frozenset(self.sites)
+        self._entries: dict[int, Any] = {}
+        for entry in job.bins:
+            self._entries.setdefault(entry.sbin, entry)
+        self._groups: tuple[str, ...] = tuple(dict.fromkeys(e.group for e in job.bins))
+        self._group_sbins: dict[str, tuple[int, ...]] = {
+            g: tuple(sb for sb, e in self._entries.items() if e.group == g)
+            for g in self._groups
+        }
+        self._hbin_override: dict[int, int] = {}
+        # part id -> (site, head, soft bin, hard bin, part flag, retest count)
+        self._parts: dict[str, tuple[str, int, int, int, int, int]] = {}
+        self._tally = Tally()
+        self._last: deque[list[dict]] = deque(maxlen=keep_last)
+        self._test_time = _RunningStats()
+        self._cycle = _RunningStats()
+
+    # -- counting -----------------------------------------------------------------------
+
+    @property
+    def parts_distinct(self) -> int:
+        """Number of distinct parts (a retested part counts once)."""
+        return len(self._parts)
+
+    @property
+    def tally(self) -> Tally:
+        """The final-part counts (read only; used for the STDF footer)."""
+        return self._tally
+
+    def add_result(self, site: str, records: Sequence[dict]) -> PartOutcome:
+        """Count one site result (PIR … PRR) in O(1); a known part id is a retest.
+
+        Raises ValueError naming the problem (unconfigured site, not exactly one PRR,
+        bad SOFT_BIN/HARD_BIN); nothing is counted then.
+        """
+        site = str(site)
+        if site not in self._site_set:
+            raise ValueError(f"site {site!r} is not configured")
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+            raise ValueError(f"site {site}: a result must be a list of records")
+        prrs = [r for r in records if _record_type(r) == "PRR"]
+        if len(prrs) != 1:
+            raise ValueError(f"site {site}: a result must hold exactly one PRR, "
+                             f"found {len(prrs)}")
+        prr = prrs[0]
+        soft = _bin_value(prr.get("SOFT_BIN"), "SOFT_BIN", site)
+        hard = prr.get("HARD_BIN")
+        if hard is None:
+            hard = self._hbin_of(soft, 0)
+        hard = _bin_value(hard, "HARD_BIN", site)
+        head = prr.get("HEAD_NUM")
+        head = head if isinstance(head, int) and not isinstance(head, bool) else 0
+        flag = prr.get("PART_FLG")
+        flag = flag if isinstance(flag, int) and not isinstance(flag, bool) else None
+        test_t = prr.get("TEST_T")
+        if isinstance(test_t, bool) or not isinstance(test_t, (int, float)):
+            test_t = None
+
+        self.parts_tested += 1
+        warnings: tuple[str, ...] = ()
+        part_id = self._part_id(prr)
+        if part_id is None:
+            part_id = f"site{site}-{self.parts_tested}"
+            warnings = (f"site {site}: PRR has neither PART_ID nor coordinates; "
+                        f"using part id {part_id}",)
+
+        old = self._parts.get(part_id)
+        retests = 0
+        if old is not None:
+            self._tally.add(old[0], old[2], old[3], old[5], -1)
+            retests = old[5] + 1
+        self._parts[part_id] = (site, head, soft, hard, flag or 0, retests)
+        self._tally.add(site, soft, hard, retests, 1)
+        if self._last.maxlen:
+            self._last.append(list(records))
+        if test_t is not None:
+            self._test_time.add(float(test_t))
+
+        if flag is None or flag & 0x10:  # no valid pass/fail flag: judge by the grade
+            passed = is_good_bin(soft)
+        else:
+            passed = not flag & 0x08
+        return PartOutcome(
+            site=site, part_id=part_id, soft_bin=soft, hard_bin=hard, passed=passed,
+            retest=old is not None, unknown_soft_bin=soft not in self._entries,
+            test_time_ms=None if test_t is None else int(test_t), warnings=warnings)
+
+    @staticmethod
+    def _part_id(prr: Mapping[str, Any]) -> str | None:
+        pid = prr.get("PART_ID")
+        if pid is not None and pid != "":
+            return str(pid)
+        x, y = prr.get("X_COORD"), prr.get("Y_COORD")
+        if (isinstance(x, int) and isinstance(y, int)
+                and x != _MISSING_COORD and y != _MISSING_COORD):
+            return f"{x}x{y}"
+        return None
+
+    def note_cycle(self, seconds: float) -> None:
+        """Record one handler cycle (index) time for the summary statistics."""
+        self._cycle.add(float(seconds))
+
+    # -- bin table ------------------------------------------------------------------------
+
+    def _hbin_of(self, sbin: int, default: int | None = None) -> int | None:
+        if sbin in self._hbin_override:
+            return self._hbin_override[sbin]
+        entry = self._entries.get(sbin)
+        return entry.hbin if entry is not None else default
+
+    def set_hbin(self, sbin: int, hbin: int) -> None:
+        """UI ``binMap``: map a soft bin of the table to another hard bin.
+
+        Raises KeyError for a soft bin not in the bin table, ValueError for a hard bin
+        that is not an integer 0..65535.
+        """
+        if sbin not in self._entries:
+            raise KeyError(f"soft bin {sbin!r} is not in the job's bin table")
+        if isinstance(hbin, bool) or not isinstance(hbin, int) or not 0 <= hbin <= 65535:
+            raise ValueError(f"hard bin must be an integer 0..65535, got {hbin!r}")
+        self._hbin_override[sbin] = hbin
+
+    def bin_rows(self) -> list[BinRow]:
+        """The bin table in order, hard bins after binMap overrides."""
+        return [BinRow(sb, self._hbin_of(sb), e.name, e.group)
+                for sb, e in self._entries.items()]
+
+    # -- web UI payloads ------------------------------------------------------------------
+
+    def yields(self) -> list[dict]:
+        """Protocol 7.2: per site with results and total "-1", one row per group + sum."""
+        out: list[dict] = []
+        counts = self._tally.sbin
+        rows: list[tuple[str, dict[str, int], int]] = []
+        total_groups = dict.fromkeys(self._groups, 0)
+        for site in self.sites:
+            n = self._tally.parts.get(site, 0)
+            if not n:
+                continue
+            groups = {g: sum(counts.get((site, sb), 0) for sb in sbs)
+                      for g, sbs in self._group_sbins.items()}
+            for g, c in groups.items():
+                total_groups[g] += c
+            rows.append((site, groups, n))
+        if rows:
+            rows.append(("-1", total_groups, sum(r[2] for r in rows)))
+        for site, groups, n in rows:
+            for g in self._groups:
+                out.append({"name": g, "siteid": site, "value": groups[g] / n * 100.0,
+                            "count": groups[g]})
+            out.append({"name": "sum", "siteid": site, "value": 100.0, "count": n})
+        return out
+
+    def bintable(self) -> list[dict]:
+        """Protocol 7.3: one row per bin-table entry, counts for every configured site."""
+        counts = self._tally.sbin
+        return [
+            {"name": e.name, "sBin": sb, "hBin": self._hbin_of(sb), "type": e.group,
+             "siteCounts": [{"siteId": s, "count": counts.get((s, sb), 0)}
+                            for s in self.sites]}
+            for sb, e in self._entries.items()
+        ]
+
+    def last_results(self) -> list[list[dict]]:
+        """The last <= keep_last site results (their records), oldest first."""
+        return list(self._last)
+
+    def mir(self, setup_t: int, start_t: int, exec_ver: str) -> dict:
+        """The MIR as a dict (7.4), which is also the web UI ``lotdata`` payload (11.3)."""
+        return mir_record(self.job, self.device_id, setup_t, start_t, exec_ver)
+
+    def summary_records(self, tsrs: Sequence[Mapping[str, Any]] = ()) -> list[dict]:
+        """SBR, HBR, TSR (+ HEAD 255 totals) and PCR dicts for the STDF footer (7.4)."""
+        return footer_records(self.sites, self._tally, self.bin_rows(), tsrs)
+
+    # -- summary --------------------------------------------------------------------------
+
+    def _site_row(self, site: str, sites: Sequence[str]) -> dict[str, Any]:
+        parts = sum(self._tally.parts.get(s, 0) for s in sites)
+        good = aborted = 0
+        for (s, sb), n in self._tally.sbin.items():
+            if s in sites:
+                good += n if is_good_bin(sb) else 0
+                aborted += n if is_abort_bin(sb) else 0
+        return {"site": site, "parts": parts, "good": good, "fail": parts - good,
+                "aborted": aborted,
+                "retests": sum(self._tally.retests.get(s, 0) for s in sites),
+                "yield_percent": good / parts * 100.0 if parts else 0.0}
+
+    def summary(self) -> dict:
+        """A JSON-able summary of the lot: counts, yields, bins, test and index times."""
+        total = self.parts_distinct
+        sites = self._tally.sites(self.sites)
+        bins = []
+        seen = {sb for (_, sb) in self._tally.sbin}
+        for sb in list(self._entries) + sorted(seen - set(self._entries)):
+            e = self._entries.get(sb)
+            counts = {s: self._tally.sbin.get((s, sb), 0) for s in sites}
+            n = sum(counts.values())
+            bins.append({"sbin": sb, "hbin": self._hbin_of(sb),
+                         "name": e.name if e else "", "group": e.group if e else "",
+                         "counts": counts, "total": n,
+                         "percent": n / total * 100.0 if total else 0.0})
+        hard: dict[int, int] = {}
+        for (_, hb), n in self._tally.hbin.items():
+            hard[hb] = hard.get(hb, 0) + n
+        hnames: dict[int, str] = {}
+        for row in self.bin_rows():
+            hnames.setdefault(row.hbin, row.group)
+        hard_bins = [{"hbin": hb, "name": hnames.get(hb, ""), "total": n,
+                      "percent": n / total * 100.0 if total else 0.0}
+                     for hb, n in sorted(hard.items())]
+        return {
+            "lot": self.job.lot_number,
+            "device": self.device_id,
+            "part_type": getattr(self.job, "part_typ", ""),
+            "sites": list(self.sites),
+            "parts_tested": self.parts_tested,
+            "parts_distinct": total,
+            "retests": sum(self._tally.retests.values()),
+            "per_site": [self._site_row(s, (s,)) for s in sites],
+            "total": self._site_row("-1", sites),
+            "yields": self.yields(),
+            "bins": bins,
+            "hard_bins": hard_bins,
+            "test_time_ms": self._test_time.as_dict(),
+            "index_time_s": self._cycle.as_dict(),
+        }
