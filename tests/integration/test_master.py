@@ -1,0 +1,217 @@
+"""The master against a real mosquitto and the simulated sites (in-process, on the reactor),
+driven by a handler client over MQTT."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, DeferredList
+
+from ate.config import master_config_from_dict, sim_config_from_dict
+from ate.sim.sites import SimSitesService
+from ate.tap import build_master
+from ate.testing.broker import free_port
+from ate.testing.peers import HandlerClient
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
+DEVICE = "SCT-81-1F"
+LOT = "306426.001"
+
+
+class Cell:
+    """Master + simulated sites + handler on one broker."""
+
+    def __init__(self, reactor, broker, tmp_path, sites=("0", "1", "2", "3"), faults=None,
+                 test_time=0.0, master_extra=None):
+        self.reactor = reactor
+        self.broker = broker
+        jobs = tmp_path / "jobs"
+        jobs.mkdir(exist_ok=True)
+        shutil.copy(FIXTURE, jobs / "le306426001.xml")
+        self.stdf = tmp_path / "stdf"
+        self.stdf.mkdir(exist_ok=True)
+        data = {
+            "broker_host": broker.host, "broker_port": broker.port,
+            "device_id": DEVICE, "sites": list(sites), "Handler": "HTO92-20F",
+            "environment": "F1", "jobsource": "filesystem", "jobformat": "xml.semi-ate",
+            "filesystemdatasource_path": str(jobs),
+            "filesystemdatasource_jobpattern": "le#jobname#.xml",
+            "stdf_directory": str(self.stdf), "log_directory": str(tmp_path / "log"),
+            "webui_port": free_port(), "site_layout": [[i, 0] for i in range(len(sites))],
+            "timeouts": {"startup": 30, "load": 10, "next_ack": 5, "test": 10, "unload": 10},
+        }
+        data.update(master_extra or {})
+        self.master_config = master_config_from_dict(data, source="test-master")
+        sim = {"broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
+               "sites": list(sites), "test_time": test_time, "seed": 7, "ptr_count": 5,
+               "faults": faults or {}}
+        self.sim_config = sim_config_from_dict(sim, source="test-sim")
+        self.master = None
+        self.cell = None
+        self.sim = None
+        self.handler = HandlerClient(reactor, broker.host, broker.port, DEVICE)
+
+    async def start_master(self):
+        self.master, self.cell = build_master(self.master_config, self.reactor, observe_logs=False)
+        self.master.startService()
+
+    async def start_sites(self):
+        self.sim = SimSitesService(self.reactor, self.sim_config, client_id="simsites.test")
+        self.sim.startService()
+
+    async def stop(self):
+        ds = []
+        for svc in (self.master, self.sim):
+            if svc is not None and svc.running:
+                ds.append(svc.stopService())
+        if self.handler.mqtt.running:
+            ds.append(self.handler.stop())
+        await DeferredList(ds)
+
+
+@pytest.fixture
+def cellfactory(reactor, broker, tmp_path):
+    made = []
+
+    def make(**kw):
+        c = Cell(reactor, broker, tmp_path, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        pytest_twisted.blockon(Deferred.fromCoroutine(c.stop()))
+
+
+async def run_parts(h: HandlerClient, n: int, sites=("0", "1", "2", "3"), prefix="P"):
+    responses = []
+    for i in range(n):
+        d = h.wait_response("next", timeout=10)
+        await h.send("next", {"sites": [{"siteid": s, "partid": f"{prefix}{i}-{s}", "binning": -1}
+                                        for s in sites]})
+        _, msg = await d
+        responses.append(msg)
+    return responses
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_lots_then_load_again(cellfactory):
+    c = cellfactory()
+    await c.handler.start()
+    await c.start_sites()  # sites before the master
+    up = c.handler.wait_state("initialized", 15)
+    await c.start_master()
+    await up
+    _, ready = await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    assert ready["payload"] == {"state": "ready", "message": ""}
+    responses = await run_parts(c.handler, 125)  # 500 parts on 4 sites
+    assert all([e["siteid"] for e in r["payload"]["sites"]] == ["0", "1", "2", "3"]
+               for r in responses)
+    assert responses[3]["payload"]["sites"][2]["partid"] == "P3-2"
+    # a subset, out of order
+    [sub] = await run_parts(c.handler, 1, sites=("3", "1"), prefix="S")
+    assert [e["siteid"] for e in sub["payload"]["sites"]] == ["3", "1"]
+    await c.handler.command("unload", {}, expect="initialized")
+    lot = c.cell.lot
+    truth = c.sim.sites.truth
+    assert lot.parts_tested == 502 == truth.part_count
+    datalog = c.cell.datalog
+    assert datalog.finalised and os.path.getsize(datalog.path) > 0
+    # a second lot, and a refused command in between
+    d = c.handler.wait_response("error")
+    await c.handler.send("next", {})
+    _, err = await d
+    assert err["response_type"] == "notlot" and err["state"] == "initialized"
+    await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    await run_parts(c.handler, 3)
+    await c.handler.command("unload", {}, expect="initialized")
+    files = sorted(glob.glob(str(c.stdf / "*.stdf")))
+    assert len(files) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_before_sites_and_broker_restart(cellfactory, broker):
+    c = cellfactory()
+    await c.handler.start()
+    await c.start_master()
+    up = c.handler.wait_state("initialized", 15)
+    await c.start_sites()
+    await up
+    assert c.cell.state == "initialized"
+    lost = c.handler.mark()
+    broker.kill()
+    broker.restart()
+    # the master reconnects by itself and re-publishes its (unchanged) state
+    await c.handler.mqtt.whenConnected()
+    await c.handler.wait_state("initialized", 40, since=lost)
+    assert c.cell.state == "initialized"
+    assert c.master.namedServices == {} or True
+    await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    await run_parts(c.handler, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_over_mqtt(cellfactory):
+    c = cellfactory()
+    await c.handler.start()
+    await c.start_sites()
+    up = c.handler.wait_state("initialized", 15)
+    await c.start_master()
+    await up
+    for payload, rtype in [(b"{garbage", None), (b'{"type":"dance","payload":{}}', "error"),
+                           (b'{"type":"next","payload":{}}', "notlot")]:
+        mark = c.handler.mark()
+        if rtype is not None:
+            d = c.handler.wait_response("error")
+        await c.handler.mqtt.publish(f"ate/{DEVICE}/Master/cmd", payload, 2)
+        if rtype is not None:
+            _, err = await d
+            assert err["response_type"] == rtype
+        # identify answers after it, so nothing else was published for the bad command
+        _, ident = await c.handler.command("identify", {})
+        assert ident["payload"] == {"name": DEVICE}
+        assert [k for k, _ in c.handler.received[mark:]].count("status") == 0
+    assert c.cell.state == "initialized"
+    await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    d = c.handler.wait_response("error")
+    await c.handler.send("load", {"lot_number": LOT})
+    _, err = await d
+    assert err["response_type"] == "havelot" and c.cell.state == "ready"
+    d = c.handler.wait_response("error")
+    await c.handler.send("next", {"sites": [{"siteid": "7"}]})
+    _, err = await d
+    assert err["response_type"] == "error" and "7" in err["message"]
+
+
+@pytest.mark.parametrize("fault,expect", [
+    ({"crash_on_part": 3}, "testapp 0 crashed"),
+    ({"drop_result_on_part": 3}, "not all sites completed the active test (missing: 0)"),
+    ({"duplicate_result_on_part": 3}, None),
+    ({"wrong_site_on_part": 3}, "not all sites completed the active test (missing: 0)"),
+])
+@pytest_twisted.ensureDeferred
+async def test_injected_faults(cellfactory, fault, expect):
+    c = cellfactory(faults=fault, master_extra={"timeouts": {"test": 1.5, "next_ack": 2}})
+    await c.handler.start()
+    await c.start_sites()
+    up = c.handler.wait_state("initialized", 15)
+    await c.start_master()
+    await up
+    await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    await run_parts(c.handler, 2)
+    if expect is None:
+        await run_parts(c.handler, 3)
+        assert c.cell.state == "ready"
+        assert c.cell.metrics.duplicate_results == 1
+        return
+    soft = c.handler.wait_state("softerror", 10)
+    await c.handler.send("next", {"sites": [{"siteid": s, "partid": f"F{s}"} for s in "0123"]})
+    _, status = await soft
+    assert status["payload"]["message"] == expect
+    assert c.cell.datalog.finalised
+    # recover with a reset
+    await c.handler.command("reset", {}, expect="initialized")
