@@ -159,8 +159,40 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True) 
     return top, cell
 
 
+def install_clean_exit(reactor: Any) -> None:
+    """SIGTERM/SIGINT stop the reactor and the process exits with status 0.
+
+    Twisted's own handlers record the signal and re-raise it after shutdown, so the exit
+    status would say "killed by SIGTERM"; a controlled shutdown that finalised the datalog
+    and published its last status is a normal exit for ate-master (protocol.md §3.7).
+    Installed once the reactor runs, after Twisted installed its handlers.
+    """
+    import signal
+
+    log = Logger(namespace="ate.master")
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("received signal {signum}, shutting down", signum=signum)
+        reactor.callFromThread(_stop_once, reactor)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    reactor.callWhenRunning(install)
+
+
+def _stop_once(reactor: Any) -> None:
+    if reactor.running:
+        try:
+            reactor.stop()
+        except Exception:  # already stopping
+            pass
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor  # the one place the global reactor is used
     top, _cell = build_master(options["master_config"], reactor)
+    install_clean_exit(reactor)
     return top

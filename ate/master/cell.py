@@ -399,6 +399,8 @@ class Cell:
         self._publish_status(force=True)
 
     def note_disconnected(self) -> None:
+        if self._state == "stopped":
+            return
         self.log.warn("broker connection lost in {state}; state kept", state=self._state)
 
     def reset_sites(self) -> None:
