@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -753,12 +754,13 @@ class SimSites:
 
     # ---- inputs --------------------------------------------------------------------
 
-    def connected(self) -> None:
-        """(Re)connected to the broker: every Control app publishes its state."""
+    def connected(self, only_site: str | None = None) -> None:
+        """(Re)connected to the broker: every Control app (or one) publishes its state."""
         for s in self.site.values():
-            s.publish_control_state()
+            if only_site is None or s.site == only_site:
+                s.publish_control_state()
 
-    def received(self, topic: str, payload: bytes) -> None:
+    def received(self, topic: str, payload: bytes, only_site: str | None = None) -> None:
         """Decode and handle one MQTT message; bad input is logged and ignored."""
         try:
             msg = decode(self.device_id, topic, payload)
@@ -767,7 +769,7 @@ class SimSites:
                      error=str(e), excerpt=payload[:200])
             return
         if msg is not None:
-            self.handle(msg)
+            self.handle(msg, only_site)
 
     def handle(self, msg: SiteMessage, only_site: str | None = None) -> None:
         """Apply one decoded message to every addressed site (or only ``only_site``)."""
@@ -809,15 +811,22 @@ def _mqtt_service_class() -> Callable[..., Any]:
 class SimSitesService(MultiService):
     """The simulated sites on MQTT.
 
-    One MQTT client serves all sites (client id ``simsites.<device>.<pid>``), which keeps
-    benchmarks cheap.  One client has only one last will, so:
+    By default one MQTT client serves all sites (client id ``simsites.<device>.<pid>``),
+    which keeps benchmarks cheap.  One client has only one last will, so:
 
     * crash faults publish the TestApp will payload (protocol 2.7) explicitly;
     * the client's own will is the ``crash`` Control status of the first site: if the
       simulator process dies, the master sees a Control crash and goes to softerror.
 
-    Subscriptions (QoS 2): ``~/Control/cmd``, ``~/TestApp/cmd``, ``~/Master/status``.
-    Statuses and results are published with QoS 2, Control logs with QoS 0.
+    With ``per_site_clients=True`` every Control app and every TestApp has its own client
+    (``controlapp.D.N`` / ``testapp.D.N``) with its real last will, so killing the process
+    makes the broker publish every app's will.  The TestApp clients stay connected for the
+    whole service lifetime (also while "no TestApp runs"); crash faults still publish the
+    will payload explicitly.
+
+    Subscriptions (QoS 2): ``~/Control/cmd``, ``~/TestApp/cmd``, ``~/Master/status``
+    (per-site clients: the Control client the first and last, the TestApp client the
+    second).  Statuses and results are published with QoS 2, Control logs with QoS 0.
 
     ``mqtt_factory`` (tests) replaces ``ate.mqtt.MqttService`` and is called with the same
     arguments.
@@ -826,6 +835,7 @@ class SimSitesService(MultiService):
     log = Logger()
 
     def __init__(self, reactor: Any, config: Any, *, publish_logs: bool = False,
+                 per_site_clients: bool = False,
                  mqtt_factory: Callable[..., Any] | None = None, client_id: str | None = None):
         super().__init__()
         self.reactor = reactor
@@ -835,22 +845,49 @@ class SimSitesService(MultiService):
         if mqtt_factory is None:
             mqtt_factory = _mqtt_service_class()
         device = self.sites.device_id
-        self.client_id = client_id or f"simsites.{device}.{os.getpid()}"
-        subscriptions = [(f"ate/{device}/Control/cmd", 2), (f"ate/{device}/TestApp/cmd", 2),
-                         (f"ate/{device}/Master/status", 2)]
-        self.mqtt = mqtt_factory(
-            reactor, config.broker, self.client_id,
-            will=control_will(device, self.sites.sites[0]),
-            subscriptions=subscriptions,
-            on_message=self.sites.received,
-            on_connected=self.sites.connected)
-        self.mqtt.setServiceParent(self)
+        t_control = (f"ate/{device}/Control/cmd", 2)
+        t_testapp = (f"ate/{device}/TestApp/cmd", 2)
+        t_master = (f"ate/{device}/Master/status", 2)
+        self.per_site_clients = per_site_clients
+        self.clients: dict[tuple[str, str], Any] = {}   # (app, site) -> MqttService
+        if not per_site_clients:
+            self.client_id = client_id or f"simsites.{device}.{os.getpid()}"
+            self.mqtt = mqtt_factory(
+                reactor, config.broker, self.client_id,
+                will=control_will(device, self.sites.sites[0]),
+                subscriptions=[t_control, t_testapp, t_master],
+                on_message=self.sites.received,
+                on_connected=self.sites.connected)
+            self.mqtt.setServiceParent(self)
+            return
+        for site in self.sites.sites:
+            control = mqtt_factory(
+                reactor, config.broker, f"controlapp.{device}.{site}",
+                will=control_will(device, site),
+                subscriptions=[t_control, t_master],
+                on_message=lambda t, p, site=site: self.sites.received(t, p, site),
+                on_connected=lambda site=site: self.sites.connected(site))
+            testapp = mqtt_factory(
+                reactor, config.broker, f"testapp.{device}.{site}",
+                will=testapp_will(device, site),
+                subscriptions=[t_testapp],
+                on_message=lambda t, p, site=site: self.sites.received(t, p, site))
+            for app, client in (("Control", control), ("TestApp", testapp)):
+                self.clients[(app, site)] = client
+                client.setServiceParent(self)
+        self.mqtt = self.clients[("Control", self.sites.sites[0])]
 
     def _publish(self, out: Outbound) -> None:
-        d = self.mqtt.publish(out.topic, out.encode(), out.qos)
+        client = self.clients.get((out.app, out.site), self.mqtt)
+        d = client.publish(out.topic, out.encode(), out.qos)
         d.addErrback(lambda f: self.log.warn(
             "simulated sites: publish to {topic} failed: {reason}",
             topic=out.topic, reason=f.getErrorMessage()))
+
+    def whenConnected(self) -> Deferred:
+        """Fires when every MQTT client of the simulator is connected."""
+        clients = list(self.clients.values()) or [self.mqtt]
+        return gatherResults([c.whenConnected() for c in clients]).addCallback(lambda _: None)
 
     def stopService(self):
         self.sites.stop()

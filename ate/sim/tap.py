@@ -38,7 +38,8 @@ def parse_broker(value: str) -> tuple[str, int]:
 class Options(usage.Options):
     """Command line of ``twistd ate-sim-sites``."""
 
-    synopsis = "--config FILE [--broker HOST:PORT] [--device-id D] [--sites 0,1,...]"
+    synopsis = ("--config FILE [--broker HOST:PORT] [--device-id D] [--sites 0,1,...] "
+                "[--logs] [--per-site-clients]")
     optParameters = [
         ["config", "c", None, "Simulated sites config file (JSON, or TOML by suffix)"],
         ["broker", "b", None, "MQTT broker HOST:PORT (overrides the config)"],
@@ -47,6 +48,8 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["logs", None, "Publish Control/TestApp log lines (protocol 2.11)"],
+        ["per-site-clients", None,
+         "One MQTT client per Control app and per TestApp, with their real last wills"],
     ]
 
     def postOptions(self) -> None:
@@ -73,4 +76,5 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     log.info("simulating sites {sites} of {device} on {host}:{port}",
              sites=",".join(cfg.sites), device=cfg.device_id,
              host=cfg.broker.host, port=cfg.broker.port)
-    return SimSitesService(reactor, cfg, publish_logs=bool(options["logs"]))
+    return SimSitesService(reactor, cfg, publish_logs=bool(options["logs"]),
+                           per_site_clients=bool(options["per-site-clients"]))

@@ -110,7 +110,7 @@ def _sim_config(broker, **extra):
     return sim_config_from_dict(data)
 
 
-async def _start(broker, **extra):
+async def _start(broker, per_site_clients=False, **extra):
     """Start a fake master, then the sim (via the twistd plugin), and sync on idle."""
     reactor = _reactor()
     cfg = _sim_config(broker, **extra)
@@ -119,8 +119,10 @@ async def _start(broker, **extra):
     opts = Options()
     opts["sim_config"] = cfg
     opts["logs"] = False
+    opts["per-site-clients"] = per_site_clients
     sim = makeService(opts, reactor)
     sim.startService()
+    await sim.whenConnected().addTimeout(TIMEOUT, reactor)
     # Control apps publish on connect; an echo of a master status also works
     await master.wait_for(lambda: all(master.states("Control", s) for s in cfg.sites),
                           "Control idle on connect")
@@ -298,10 +300,11 @@ async def test_sites_started_before_master(broker):
     opts = Options()
     opts["sim_config"] = cfg
     opts["logs"] = False
+    opts["per-site-clients"] = False
     sim = makeService(opts, reactor)
     sim.startService()
     try:
-        await sim.mqtt.whenConnected().addTimeout(TIMEOUT, reactor)
+        await sim.whenConnected().addTimeout(TIMEOUT, reactor)
         master = FakeMaster(reactor, cfg.broker)
         await master.start()
         assert master.received == []
@@ -314,3 +317,20 @@ async def test_sites_started_before_master(broker):
         await master.mqtt.stopService()
     finally:
         await sim.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_site_clients(broker):
+    master, sim, cfg = await _start(broker, per_site_clients=True)
+    try:
+        assert len(sim.clients) == 4
+        await _load(master)
+        await _next(master, ("0", "1"), {"0": "P1", "1": "P2"})
+        await master.wait_for(lambda: all(master.of_kind("testresult", s) for s in "01"),
+                              "one result per site")
+        for s, pid in (("0", "P1"), ("1", "P2")):
+            assert master.sequence(s)[-3:] == ["testing", "idle", "result"]
+            (_t, p), = master.of_kind("testresult", s)
+            assert p["payload"][-1]["PART_ID"] == pid
+    finally:
+        await _stop(master, sim)

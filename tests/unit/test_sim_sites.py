@@ -518,6 +518,42 @@ def test_service_wiring():
     svc.stopService()
 
 
+def test_service_per_site_clients():
+    from ate.config import sim_config_from_dict
+
+    cfg = sim_config_from_dict({"device_id": D, "sites": ["0", "1"], "broker_host": "127.0.0.1",
+                                "broker_port": 1883})
+    clock = Clock()
+    svc = SimSitesService(clock, cfg, mqtt_factory=FakeMqtt, per_site_clients=True)
+    ids = sorted(c.args[2] for c in svc.clients.values())
+    assert ids == [f"controlapp.{D}.0", f"controlapp.{D}.1", f"testapp.{D}.0", f"testapp.{D}.1"]
+    c1, t1 = svc.clients[("Control", "1")], svc.clients[("TestApp", "1")]
+    assert json.loads(c1.kw["will"][1])["payload"]["state"] == "crash"
+    assert c1.kw["will"][0] == f"ate/{D}/Control/status/site1"
+    assert json.loads(t1.kw["will"][1]) == {"type": "status", "framework_version": 1,
+                                            "test_version": "N/A", "payload": {"state": 0},
+                                            "state": "crash"}
+    assert t1.kw["subscriptions"] == [(f"ate/{D}/TestApp/cmd", 2)]
+    svc.startService()
+    c1.kw["on_connected"]()
+    assert [t for t, _p, _q in c1.published] == [f"ate/{D}/Control/status/site1"]
+    # every Control client receives the broadcast command but acts for its own site only
+    load = raw("Control/cmd", {"type": "cmd", "command": "loadTest", "sites": ["0", "1"],
+                               "testapp_params": {"testapp_script_path": "x.py"}})
+    svc.clients[("Control", "0")].kw["on_message"](*load)
+    c1.kw["on_message"](*load)
+    clock.advance(0)
+    assert [t for t, _p, _q in t1.published] == [f"ate/{D}/TestApp/status/site1"]
+    assert svc.sites.site["1"].control_state == "busy"
+    t1.kw["on_message"](*raw("TestApp/cmd", {"type": "cmd", "command": "next", "sites": ["1"]}))
+    clock.advance(0)
+    assert [t.split("/", 2)[2] for t, _p, _q in t1.published[1:]] == [
+        "TestApp/status/site1", "TestApp/status/site1", "TestApp/testresult/site1"]
+    t0 = svc.clients[("TestApp", "0")]
+    assert [t for t, _p, _q in t0.published] == [f"ate/{D}/TestApp/status/site0"]
+    svc.stopService()
+
+
 # ---------------------------------------------------------------------------------------
 # twistd plugin options
 
