@@ -1,0 +1,165 @@
+"""Completing datalogs left unfinished by a crash of the master (protocol 7.4).
+
+A datalog is unfinished when its last complete record is not an MRR. Recovery keeps the
+header and every complete part (PIR … PRR), cuts off a torn last record, an incomplete
+part and any partial footer, rebuilds SBR, HBR, TSR and PCR from the kept PRRs (names
+and TSRs salvaged from a partial footer where there was one) and appends an MRR with
+``EXC_DESC`` "recovered after master restart". Both byte orders are read and the footer
+is written in the file's own order. Complete files are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ate.stdf.records import RawRecord, decode, detect_endian, encode, iter_records
+from ate.stdf.summary import Tally, footer_records
+
+__all__ = ["recover_directory", "recover_file", "RECOVERED"]
+
+RECOVERED = "recovered after master restart"
+_FOOTER = {"SBR", "HBR", "TSR", "PCR", "MRR"}
+_MISSING_COORD = -32768
+
+
+def recover_directory(directory: str) -> list[str]:
+    """Repair every unfinished ``*.stdf`` file in ``directory``; return log lines."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as err:
+        return [f"datalog recovery: cannot list {directory}: {err}"]
+    lines = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if not name.endswith(".stdf") or not os.path.isfile(path):
+            continue
+        try:
+            line = recover_file(path)
+        except (OSError, ValueError) as err:
+            line = f"{path}: not recovered: {err}"
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _part_key(prr: dict[str, Any], seq: int) -> str:
+    pid = prr.get("PART_ID")
+    if pid:
+        return pid
+    x, y = prr.get("X_COORD"), prr.get("Y_COORD")
+    if x is not None and y is not None and x != _MISSING_COORD and y != _MISSING_COORD:
+        return f"{x}x{y}"
+    return f"site{prr.get('SITE_NUM')}-{seq}"
+
+
+def _minimal_header(path: str, stamp: int, endian: str, need_far: bool) -> bytes:
+    """FAR (if needed) and a MIR made from the file name, for a file cut in its header."""
+    stem = os.path.basename(path)[:-5]
+    parts = stem.split("_")
+    lot = parts[0]
+    device = "_".join(parts[1:-1]) if len(parts) > 2 else ""
+    out = b""
+    if need_far:
+        out += encode({"type": "FAR", "CPU_TYPE": 2 if endian == "<" else 1,
+                       "STDF_VER": 4}, endian)
+    out += encode({"type": "MIR", "SETUP_T": stamp, "START_T": stamp, "STAT_NUM": 0,
+                   "MODE_COD": "P", "LOT_ID": lot, "JOB_NAM": lot,
+                   "NODE_NAM": f"{device}.Master" if device else "",
+                   "EXEC_TYP": "ate-master"}, endian)
+    return out
+
+
+def recover_file(path: str) -> str | None:
+    """Repair one datalog if it is unfinished; return a log line, or None if complete."""
+    with open(path, "r+b") as fh:
+        data = fh.read()
+        stamp = int(os.fstat(fh.fileno()).st_mtime)
+        if len(data) < 6:
+            endian = "<"
+            records: list[RawRecord] = []
+        else:
+            try:
+                endian = detect_endian(data[:6])
+            except ValueError:
+                return f"{path}: not an STDF file, left as is"
+            records = list(iter_records(data, endian))
+        if records and records[-1].name == "MRR":
+            return None
+
+        keep_end = 0
+        seen: set[str] = set()
+        open_parts: set[tuple[int, int]] = set()
+        pending: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []
+        sites: list[str] = []
+        sbin_names: dict[int, str] = {}
+        hbin_names: dict[int, str] = {}
+        tsrs: list[dict[str, Any]] = []
+        in_footer = False
+        for raw in records:
+            name = raw.name
+            if name in _FOOTER:
+                in_footer = True
+                rec = decode(raw, endian)
+                if name == "SBR" and rec.get("SBIN_NUM") is not None:
+                    sbin_names.setdefault(rec["SBIN_NUM"], rec.get("SBIN_NAM") or "")
+                elif name == "HBR" and rec.get("HBIN_NUM") is not None:
+                    hbin_names.setdefault(rec["HBIN_NUM"], rec.get("HBIN_NAM") or "")
+                elif name == "TSR" and rec.get("HEAD_NUM") != 255:
+                    tsrs.append(rec)
+                continue
+            if in_footer:
+                break  # nothing but footer records may follow the footer
+            if name == "PIR":
+                rec = decode(raw, endian)
+                open_parts.add((rec.get("HEAD_NUM"), rec.get("SITE_NUM")))
+            elif name == "PRR":
+                rec = decode(raw, endian)
+                open_parts.discard((rec.get("HEAD_NUM"), rec.get("SITE_NUM")))
+                pending.append(rec)
+            elif name == "SDR":
+                rec = decode(raw, endian)
+                sites = [str(s) for s in rec.get("SITE_NUM") or ()]
+            if name:
+                seen.add(name)
+            if not open_parts:
+                keep_end = raw.end
+                kept.extend(pending)
+                pending.clear()
+
+        head = b""
+        if "MIR" not in seen:
+            head = _minimal_header(path, stamp, endian, need_far="FAR" not in seen)
+            if "FAR" not in seen:
+                keep_end = 0
+
+        tally = Tally()
+        parts: dict[str, tuple[str, int, int, int]] = {}
+        for seq, prr in enumerate(kept, 1):
+            key = _part_key(prr, seq)
+            site = str(prr.get("SITE_NUM"))
+            soft, hard = prr.get("SOFT_BIN") or 0, prr.get("HARD_BIN") or 0
+            old = parts.get(key)
+            retests = 0
+            if old is not None:
+                tally.add(old[0], old[1], old[2], old[3], -1)
+                retests = old[3] + 1
+            parts[key] = (site, soft, hard, retests)
+            tally.add(site, soft, hard, retests, 1)
+        footer = footer_records(sites, tally, (), tsrs, sbin_names=sbin_names,
+                                hbin_names=hbin_names)
+        footer.append({"type": "MRR", "FINISH_T": stamp, "DISP_COD": " ",
+                       "USR_DESC": "", "EXC_DESC": RECOVERED})
+        tail = head + b"".join(encode(rec, endian) for rec in footer)
+
+        fh.seek(keep_end)
+        fh.truncate()
+        fh.write(tail)
+        fh.flush()
+        os.fsync(fh.fileno())
+    dropped = len(data) - keep_end
+    rebuilt = "rebuilt header, " if head else ""
+    return (f"{path}: {RECOVERED}: kept {len(kept)} complete part result(s), "
+            f"dropped {dropped} byte(s) from offset {keep_end}, {rebuilt}"
+            f"appended {len(footer) - 1} summary record(s) and MRR")
