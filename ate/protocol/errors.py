@@ -67,9 +67,10 @@ class ProtocolError(ValueError):
 
     def _line(self) -> str:
         reason = " ".join(self.reason.split())  # always one line
+        topic = _printable(self.topic)
         if self.field is None:
-            return f"{self.topic}: {reason}"
-        return f"{self.topic}: {self.field}: {reason}"
+            return f"{topic}: {reason}"
+        return f"{topic}: {_printable(self.field)}: {reason}"
 
     def __str__(self) -> str:
         return self._line()
@@ -86,6 +87,13 @@ class ProtocolError(ValueError):
             _rebuild,
             (self.topic, self.field, self.reason, self.command, self.site, self.kind),
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (topics come from the wire)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _rebuild(topic, field, reason, command, site, kind) -> ProtocolError:

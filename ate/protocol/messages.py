@@ -82,6 +82,7 @@ class Message:
     """Base class of every message (for ``isinstance`` checks only)."""
 
     __slots__ = ()
+    __test__ = False  # ``TestResult`` & co. are not pytest test classes
 
 
 _frozen = dataclass(frozen=True, slots=True)
@@ -443,6 +444,12 @@ _JTYPES = {
 }
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _jtype(value: Any) -> str:
     """Describe a decoded JSON value's type for error messages."""
     return _JTYPES.get(type(value), type(value).__name__)
@@ -779,7 +786,7 @@ class Codec:
             raise ctx.wrong("type", "a string", ctype)
         decoder = self._cmd_decoders.get(ctype)
         if decoder is None:
-            raise ProtocolError(topic, "type", f"unknown command {ctype!r}",
+            raise ProtocolError(topic, "type", f"unknown command {_short(ctype)}",
                                 command=ctype, kind="unknown-command")
         return decoder(_Ctx(topic, command=ctype), obj)
 
@@ -893,7 +900,7 @@ class Codec:
         if rtype == "get-host":
             return GetHostResponse(ctx.str_(p, "host", "payload.host"),
                                    ctx.int_(p, "port", "payload.port"))
-        raise ctx.error("type", f"unknown response type {rtype!r}",
+        raise ctx.error("type", f"unknown response type {_short(rtype)}",
                         kind="unknown-command")
 
     def _dec_error_response(self, ctx: _Ctx, obj: dict) -> ErrorResponse:
@@ -909,7 +916,7 @@ class Codec:
         rtype = obj.get("response_type", p.get("response_type"))
         if type(rtype) is not str or rtype not in RESPONSE_TYPES:
             raise ctx.error("response_type", f"must be one of "
-                            f"{', '.join(sorted(RESPONSE_TYPES))}, got {rtype!r}")
+                            f"{', '.join(sorted(RESPONSE_TYPES))}, got {_short(rtype)}")
         state = obj.get("state", p.get("state"))
         if type(state) is not str:
             raise ctx.wrong("state", "a string", state) if state is not None \
@@ -950,7 +957,7 @@ class Codec:
             return ControlReset(sites)
         if command == "setloglevel":
             return ControlSetLogLevel(sites, ctx.int_(obj, "level", "level"))
-        raise ctx.error("command", f"unknown Control command {command!r}",
+        raise ctx.error("command", f"unknown Control command {_short(command)}",
                         kind="unknown-command")
 
     # -- ~/TestApp/cmd ----------------------------------------------------------
@@ -989,7 +996,7 @@ class Codec:
                 if type(e) is not dict:
                     raise ctx.wrong(f"parameters[{i}]", "an object", e)
             return TestAppSetParameter(sites, tuple(params))
-        raise ctx.error("command", f"unknown TestApp command {command!r}",
+        raise ctx.error("command", f"unknown TestApp command {_short(command)}",
                         kind="unknown-command")
 
     # -- site messages ----------------------------------------------------------
@@ -997,7 +1004,7 @@ class Codec:
         obj = _loads(topic, payload, site)
         version = obj.get("interface_version", _MISSING)
         if not ((version == 1 and type(version) is int) or version == "1"):
-            what = "missing" if version is _MISSING else f"{version!r}"
+            what = "missing" if version is _MISSING else f"{_short(version)}"
             raise ProtocolError(
                 topic, "interface_version",
                 f"site {site}: Control interface version {what} not supported",
@@ -1006,7 +1013,7 @@ class Codec:
         p = ctx.obj(obj, "payload", "payload")
         state = p.get("state")
         if type(state) is not str or state not in CONTROL_STATES:
-            raise ctx.error("payload.state", f"unknown Control state {state!r}")
+            raise ctx.error("payload.state", f"unknown Control state {_short(state)}")
         message = p.get("error_message")
         if type(message) is not str:
             if message is not None:
@@ -1032,7 +1039,7 @@ class Codec:
         else:
             raise ctx.wrong("payload", "an object", p)
         if type(state) is not str or state not in TESTAPP_STATES:
-            raise ctx.error("payload.state", f"unknown TestApp state {state!r}")
+            raise ctx.error("payload.state", f"unknown TestApp state {_short(state)}")
         return TestAppStatus(site, state)
 
     def _dec_testresult(self, topic: str, site: str, payload: bytes) -> TestResult:
@@ -1058,7 +1065,7 @@ class Codec:
                                     "PRR must be the single, last record")
             elif i == last:
                 raise ctx.error("payload", "the last record must be the PRR, "
-                                f"got {name[:20]!r}")
+                                f"got {_short(name)}")
         return TestResult(site, tuple(recs))
 
     def _dec_testsummary(self, topic: str, site: str, payload: bytes) -> TestSummary:
@@ -1071,7 +1078,7 @@ class Codec:
             name = _record_name(rec)
             if name != "TSR":
                 raise ctx.error(f"payload[{i}]",
-                                f"must be a TSR record, got {name!r}")
+                                f"must be a TSR record, got {_short(name)}")
         return TestSummary(site, tuple(recs))
 
     def _dec_strategy(self, topic: str, site: str, payload: bytes) -> ExecutionStrategy:
@@ -1113,7 +1120,7 @@ class Codec:
         ptype = ctx.str_(obj, "periphery_type", "periphery_type")
         if not _is_level(ptype):
             raise ctx.error("periphery_type",
-                            f"{ptype[:40]!r} cannot name a peripheral topic")
+                            f"{_short(ptype)} cannot name a peripheral topic")
         return IoControlRequest(site, ptype, ctx.str_(obj, "ioctl_name", "ioctl_name"),
                                 obj.get("parameters"))
 
