@@ -20,12 +20,6 @@ TIMEOUT = 10.0
 BIN_TABLE = {"1": ["1"], "2": ["2"], "5": ["12", "13"], "6": ["20", "21"]}
 
 
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
-
-
 class FakeMaster:
     """A master stand-in: sends commands, records every site publication in order."""
 
@@ -110,9 +104,8 @@ def _sim_config(broker, **extra):
     return sim_config_from_dict(data)
 
 
-async def _start(broker, per_site_clients=False, **extra):
+async def _start(reactor, broker, per_site_clients=False, **extra):
     """Start a fake master, then the sim (via the twistd plugin), and sync on idle."""
-    reactor = _reactor()
     cfg = _sim_config(broker, **extra)
     master = FakeMaster(reactor, cfg.broker)
     await master.start()
@@ -149,8 +142,8 @@ async def _next(master, sites, partids):
 
 
 @pytest_twisted.ensureDeferred
-async def test_lot_on_the_wire(broker):
-    master, sim, cfg = await _start(broker)
+async def test_lot_on_the_wire(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker)
     try:
         # echo on every master status
         n = len(master.states("Control", "0"))
@@ -206,23 +199,23 @@ async def test_lot_on_the_wire(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_reset_while_loaded(broker):
-    master, sim, cfg = await _start(broker)
+async def test_reset_while_loaded(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker)
     try:
         await _load(master)
         await master.cmd("Control", "reset", ("0", "1"))
         await master.wait_for(lambda: all(master.states("Control", s)[-2:] ==
                                           ["resetting", "idle"] for s in "01"),
                               "resetting, idle")
-        # no TestApp any more: a next is not answered, but a new load works
+        # the TestApps are gone; a new load brings them back
         await _load(master)
     finally:
         await _stop(master, sim)
 
 
 @pytest_twisted.ensureDeferred
-async def test_fault_crash(broker):
-    master, sim, cfg = await _start(broker, faults={"crash_on_part": 1, "fault_site": "1"})
+async def test_fault_crash(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker, faults={"crash_on_part": 1, "fault_site": "1"})
     try:
         await _load(master)
         await _next(master, ("0", "1"), {"0": "A", "1": "B"})
@@ -240,8 +233,8 @@ async def test_fault_crash(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fault_drop_result(broker):
-    master, sim, cfg = await _start(broker, faults={"drop_result_on_part": 1})
+async def test_fault_drop_result(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker, faults={"drop_result_on_part": 1})
     try:
         await _load(master)
         await _next(master, ("0", "1"), {"0": "A", "1": "B"})
@@ -259,8 +252,8 @@ async def test_fault_drop_result(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fault_wrong_site(broker):
-    master, sim, cfg = await _start(broker, faults={"wrong_site_on_part": 1, "fault_site": "0"})
+async def test_fault_wrong_site(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker, faults={"wrong_site_on_part": 1, "fault_site": "0"})
     try:
         await _load(master)
         await _next(master, ("0",), {"0": "A"})
@@ -273,8 +266,8 @@ async def test_fault_wrong_site(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_fault_duplicate_and_slow_load(broker):
-    master, sim, cfg = await _start(broker, faults={"duplicate_result_on_part": 1,
+async def test_fault_duplicate_and_slow_load(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker, faults={"duplicate_result_on_part": 1,
                                                     "slow_load": 0.2, "fault_site": "1"})
     try:
         await _load(master)
@@ -293,9 +286,8 @@ async def test_fault_duplicate_and_slow_load(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sites_started_before_master(broker):
+async def test_sites_started_before_master(reactor, broker):
     """A master that connects later resynchronises through the Control echo."""
-    reactor = _reactor()
     cfg = _sim_config(broker)
     opts = Options()
     opts["sim_config"] = cfg
@@ -320,8 +312,8 @@ async def test_sites_started_before_master(broker):
 
 
 @pytest_twisted.ensureDeferred
-async def test_per_site_clients(broker):
-    master, sim, cfg = await _start(broker, per_site_clients=True)
+async def test_per_site_clients(reactor, broker):
+    master, sim, cfg = await _start(reactor, broker, per_site_clients=True)
     try:
         assert len(sim.clients) == 4
         await _load(master)
