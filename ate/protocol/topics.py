@@ -135,20 +135,29 @@ class Topics:
     ) -> list[tuple[str, int]]:
         """Topic filters of the master (protocol 1.2), all at QoS 2.
 
-        The filters are explicit rather than ``~/Master/#`` or ``~/+/status``:
-        both would also deliver the master's own publications
-        (``Master/status``, ``Master/response``, ``Master/P/response``) back to
-        it. ``~/Control/#`` and ``~/TestApp/#`` still echo ``Control/cmd`` and
-        ``TestApp/cmd``; the router drops those. Actuator results are taken on
+        The filters are explicit rather than ``~/Master/#``, ``~/+/status``,
+        ``~/Control/#`` or ``~/TestApp/#``: those would also deliver the
+        master's own publications (``Master/status``, ``Master/response``,
+        ``Master/P/response``, and ``Control/cmd`` and ``TestApp/cmd`` on the
+        hot path) back to it, so every inbound site topic is named instead.
+        Unused TestApp sub-topics (``stdf``, ``binsettings``, ...) are thereby
+        not received at all. Actuator results are taken on
         ``~/+/io-control/response`` permanently (protocol 1.2 allows it), as
         the peripheral types a TestApp may ask for are not known in advance;
         ``~/P/status`` is subscribed for each configured peripheral (9.4).
         """
+        b = self.base
         subs = [
             (self.master_cmd, SUBSCRIBE_QOS),
-            (f"{self.base}/Control/#", SUBSCRIBE_QOS),
-            (f"{self.base}/TestApp/#", SUBSCRIBE_QOS),
-            (f"{self.base}/+/io-control/response", SUBSCRIBE_QOS),
+            (f"{b}/Control/status/+", SUBSCRIBE_QOS),
+            (f"{b}/Control/log/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/status/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/testresult/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/testsummary/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/execution_strategy/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/log/+", SUBSCRIBE_QOS),
+            (f"{b}/TestApp/io-control/+/request", SUBSCRIBE_QOS),
+            (f"{b}/+/io-control/response", SUBSCRIBE_QOS),
         ]
         if self.handler_status is not None:
             subs.append((self.handler_status, SUBSCRIBE_QOS))

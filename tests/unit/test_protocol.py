@@ -42,6 +42,23 @@ def wire(codec: Codec, msg: Message) -> tuple[str, dict]:
     return topic, body
 
 
+def mqtt_match(filt: str, topic: str) -> bool:
+    """MQTT 3.1.1 topic filter matching (``+`` one level, ``#`` the rest)."""
+    fparts, tparts = filt.split("/"), topic.split("/")
+    for i, f in enumerate(fparts):
+        if f == "#":
+            return True
+        if i >= len(tparts) or (f != "+" and f != tparts[i]):
+            return False
+    return len(fparts) == len(tparts)
+
+
+def test_mqtt_match_helper():
+    assert mqtt_match("a/+/c", "a/b/c") and not mqtt_match("a/+/c", "a/b/c/d")
+    assert mqtt_match("a/#", "a/b/c") and not mqtt_match("a/+", "a/b/c")
+    assert not mqtt_match("a/b", "a/c")
+
+
 def roundtrip(codec: Codec, msg: Message) -> None:
     assert codec.decode(*codec.encode(msg)) == msg
 
@@ -99,15 +116,39 @@ class TestTopics:
         assert all(q == 2 for _, q in subs)
         assert filters == [
             "ate/SCT-81-1F/Master/cmd",
-            "ate/SCT-81-1F/Control/#",
-            "ate/SCT-81-1F/TestApp/#",
+            "ate/SCT-81-1F/Control/status/+",
+            "ate/SCT-81-1F/Control/log/+",
+            "ate/SCT-81-1F/TestApp/status/+",
+            "ate/SCT-81-1F/TestApp/testresult/+",
+            "ate/SCT-81-1F/TestApp/testsummary/+",
+            "ate/SCT-81-1F/TestApp/execution_strategy/+",
+            "ate/SCT-81-1F/TestApp/log/+",
+            "ate/SCT-81-1F/TestApp/io-control/+/request",
             "ate/SCT-81-1F/+/io-control/response",
             "ate/HTO92-20F/Handler/status",
             "ate/SCT-81-1F/Temperature/status",
         ]
-        # nothing that would echo our own Master/* publications back
-        assert not any(f.endswith("Master/#") or f.endswith("+/status") for f in filters)
         assert Topics(D, H).subscriptions() == Topics(D, H).master_subscriptions()
+
+    def test_master_subscriptions_get_inbound_but_no_echoes(self):
+        t = Topics(D, H)
+        filters = [f for f, _ in t.master_subscriptions(peripherals=["Temperature"])]
+
+        def received(topic: str) -> bool:
+            return any(mqtt_match(f, topic) for f in filters)
+
+        inbound = [t.master_cmd, t.handler_status, t.peripheral_response("Temperature"),
+                   t.peripheral_status("Temperature")]
+        for s in SITES:
+            inbound += [t.control_status(s), t.control_log(s), t.testapp_status(s),
+                        t.testapp_testresult(s), t.testapp_testsummary(s),
+                        t.testapp_execution_strategy(s), t.testapp_log(s),
+                        t.testapp_io_request(s)]
+        own = [t.master_status, t.master_response, t.control_cmd, t.testapp_cmd,
+               t.master_peripheral_response("Temperature"),
+               t.peripheral_request("Temperature"), t.handler_command]
+        assert all(received(x) for x in inbound)
+        assert not any(received(x) for x in own)
 
     def test_master_subscriptions_without_handler(self):
         filters = [f for f, _ in Topics(D).master_subscriptions()]
