@@ -260,7 +260,10 @@ class Feed:
             if loop.running:
                 loop.stop()
         for client in list(self.clients):
-            client.sendClose(1001, "master stopping")
+            try:
+                client.sendClose(1000, "master stopping")
+            except Exception:
+                self.log.failure("websocket: closing {peer} failed", peer=client.peer_text)
         unsubscribe = getattr(self.cell, "unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe(self._cell_event)
