@@ -11,7 +11,10 @@ on the reactor:
   second, clocked by the injected reactor.
 - The blocking C{reconnect()} (DNS, TCP, TLS) runs in the reactor's thread
   pool. Socket hooks paho calls from that thread are marshalled to the
-  reactor thread with C{callFromThread}.
+  reactor thread with C{callFromThread}; the socket is handed to the
+  reactor only once the thread has returned, so paho is never used by two
+  threads at once and the CONNACK is never read before C{connect()}'s
+  Deferred has fired.
 - Every paho callback is guarded: it always runs on the reactor thread (it
   is marshalled if paho ever calls it from elsewhere), and an exception is
   logged with C{log.failure} instead of escaping into paho or the reactor,
@@ -63,13 +66,22 @@ class LinkListener(Protocol):
 
 
 def make_paho_client(options: Any, client_id: str,
-                     will: tuple[str, bytes, int] | None) -> paho.Client:
+                     will: tuple[str, bytes, int] | None,
+                     *, max_inflight: int = 20) -> paho.Client:
     """Build a paho client for C{options} (an C{ate.config.MqttOptions}).
 
-    MQTT 3.1.1, clean session, our own reconnect (paho's is off), unlimited
-    inflight and queued messages (bursts of 64 sites x QoS 2 must not be
-    throttled to paho's default window of 20), credentials, TLS and the
-    last will (never retained).
+    MQTT 3.1.1, clean session, our own reconnect (paho's is off), an
+    unlimited outgoing queue, credentials, TLS and the last will (never
+    retained).
+
+    The inflight window stays at 20. Measured against mosquitto 2.0.11 on
+    loopback: 2000 QoS 2 publishes are acked in ~0.29 s with a window of 10,
+    20 or 1000 alike. A window larger than the broker's
+    C{max_inflight_messages} (default 20, which mosquitto also applies to
+    what a 3.1.1 client sends it) makes the broker drop the connection
+    ("Bad socket read/write"); 0 (unlimited) did exactly that with a stock
+    broker. Messages beyond the window wait in paho's queue and go out as
+    acks come back.
     """
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
@@ -78,7 +90,7 @@ def make_paho_client(options: Any, client_id: str,
         protocol=paho.MQTTv311,
         reconnect_on_failure=False,
     )
-    client.max_inflight_messages_set(0)
+    client.max_inflight_messages_set(max_inflight)
     client.max_queued_messages_set(0)
     if options.username is not None:
         client.username_pw_set(options.username, options.password)
@@ -141,6 +153,8 @@ class ReactorPaho:
         self.listener = listener
         self._reactorThread = threading.get_ident()
         self._descriptor: _PahoSocket | None = None
+        self._registered = False  # descriptor handed to the reactor?
+        self._wantWrite = False
         self._blocking = False
         self._misc = LoopingCall(self._loopMisc)
         self._misc.clock = reactor
@@ -194,7 +208,11 @@ class ReactorPaho:
                 raise MqttLinkError(f"connect: {paho.error_string(rc)}")
 
         def done(result: object) -> object:
+            # Only now, with the worker thread finished, does the reactor
+            # see the socket: no read (so no CONNACK) can be processed
+            # before this Deferred's callers learn that connect returned.
             self._blocking = False
+            self._registerDescriptor()
             return result
 
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), attempt)
@@ -263,7 +281,9 @@ class ReactorPaho:
             pass  # unix sockets, exotic transports
         self._dropDescriptor()
         self._descriptor = _PahoSocket(self, sock)
-        self._reactor.addReader(self._descriptor)
+        self._wantWrite = False
+        if not self._blocking:
+            self._registerDescriptor()
 
     def _socketClosed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
@@ -271,15 +291,29 @@ class ReactorPaho:
 
     def _registerWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
-            self._reactor.addWriter(self._descriptor)
+            self._wantWrite = True
+            if self._registered:
+                self._reactor.addWriter(self._descriptor)
 
     def _unregisterWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
-            self._reactor.removeWriter(self._descriptor)
+            self._wantWrite = False
+            if self._registered:
+                self._reactor.removeWriter(self._descriptor)
+
+    def _registerDescriptor(self) -> None:
+        if self._descriptor is None or self._registered:
+            return
+        self._registered = True
+        self._reactor.addReader(self._descriptor)
+        if self._wantWrite:
+            self._reactor.addWriter(self._descriptor)
 
     def _dropDescriptor(self) -> None:
         descriptor, self._descriptor = self._descriptor, None
-        if descriptor is not None:
+        registered, self._registered = self._registered, False
+        self._wantWrite = False
+        if descriptor is not None and registered:
             self._reactor.removeReader(descriptor)
             self._reactor.removeWriter(descriptor)
 

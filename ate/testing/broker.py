@@ -232,9 +232,6 @@ class Mosquitto:
             # Run as whoever started us: as root, mosquitto would otherwise
             # drop to user "mosquitto", which cannot write our temp dir.
             f"user {_current_user()}",
-            # A subscriber of a 64-site QoS 2 burst must not lose messages to
-            # the default queue limit of 1000.
-            "max_queued_messages 0",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

@@ -447,7 +447,7 @@ def test_tcp_nodelay_is_set_on_open():
 def test_paho_client_settings():
     client = make_paho_client(options(username="u", password="p", keepalive=17), "masterapp.D",
                               ("ate/D/Master/status", b"crash", 2))
-    assert client.max_inflight_messages == 0 and client.max_queued_messages == 0
+    assert client.max_inflight_messages == 20 and client.max_queued_messages == 0
     assert client.username == "u" and client.password == "p"
     assert client.will_topic == "ate/D/Master/status" and client.will_payload == b"crash"
     assert client.keepalive == 17 and client.host == "127.0.0.1"
@@ -465,3 +465,24 @@ def fired(d):
     out = []
     d.addCallback(out.append)
     return out
+
+
+def test_socket_reaches_the_reactor_only_after_the_connect_thread_returned():
+    reactor = ThreadAwareReactor()
+    link = ReactorPaho(reactor, make_paho_client(options(), "c", None), SimpleNamespace())
+    client = link.client
+    a, b = socket.socketpair()
+    try:
+        link._blocking = True  # as while reconnect() runs in the worker thread
+        client.on_socket_open(client, None, a)
+        client.on_socket_register_write(client, None, a)
+        assert reactor.getReaders() == [] and reactor.getWriters() == []
+        link._blocking = False
+        link._registerDescriptor()  # what connect()'s completion does
+        (descriptor,) = reactor.getReaders()
+        assert reactor.getWriters() == [descriptor]
+        client.on_socket_close(client, None, a)
+        assert reactor.getReaders() == [] and reactor.getWriters() == []
+    finally:
+        a.close()
+        b.close()
