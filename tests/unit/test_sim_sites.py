@@ -202,7 +202,17 @@ def test_load_without_params_goes_error():
     sim.handle(ControlCommand("loadTest", ("0",), {}))
     outs = rec.take()
     assert rec.summary(outs)[-1] == ("Control/status/site0", "error")
-    assert "testapp_script_path" in outs[-1].payload["payload"]["error_message"]
+    assert "testapp_params missing" in outs[-1].payload["payload"]["error_message"]
+
+
+def test_load_with_only_a_bin_table_still_loads():
+    sim, clock, rec = make(sites=("0",))
+    table: dict = {}
+    for b in sim.bins:
+        table.setdefault(str(b.hbin), []).append(str(b.sbin))
+    sim.handle(ControlCommand("loadTest", ("0",), {"testapp_params": {"bin_table": table}}))
+    clock.advance(0)
+    assert ("TestApp/status/site0", "idle") in rec.summary(rec.take())
 
 
 def test_reset_kills_testapp_and_cancels_pending_work():
