@@ -1,0 +1,158 @@
+"""The operator UI in headless Chromium (Playwright) against a served site.
+
+The site runs in a child process (this file run as a script) with a scripted fake cell:
+a load goes through ``loading`` to ``ready``; the third ``next`` ends in softerror with a
+site error.  The child listens on a free port of 127.0.0.1, reports it on stdout and is
+stopped by its PID.  Saves docs/ui-screenshot.png mid-lot.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SCREENSHOT = os.path.join(REPO, "docs", "ui-screenshot.png")
+LOT = "306426.001"
+
+
+def _serve() -> None:  # pragma: no cover - runs in the child process
+    """Serve make_site() with a scripted fake cell on a free port; print the port."""
+    sys.path[:0] = [HERE, REPO]
+    from conftest import FakeCell  # the fake cell of these tests
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    from ate.master.logs import LogBuffer
+    from ate.web.site import make_site
+
+    logs = LogBuffer(level=20)
+    globalLogPublisher.addObserver(logs)
+
+    class ScriptedCell(FakeCell):
+        def command(self, msg, origin="handler"):
+            from ate.protocol import messages as m
+
+            if isinstance(msg, m.Load) and self.state == "initialized":
+                self.hold_loading = True
+                result = super().command(msg, origin)
+                if result is None:
+                    reactor.callLater(0.3, self._loaded)
+                return result
+            if isinstance(msg, m.Next) and self.state == "ready" and self.part_counter == 2:
+                self.next_bins = {"2": 12}
+                super().command(msg, origin)
+                self.set_site("2", "error", "crash", "TestApp exited with code 1")
+                self.log.error("site 2: TestApp crashed during the test")
+                self.set_state("softerror", "site 2: TestApp crashed")
+                return None
+            return super().command(msg, origin)
+
+        def _loaded(self):
+            for s in self.sites:
+                self.set_site(s, "busy", "idle")
+            self.set_state("ready")
+
+    cell = ScriptedCell(logs=logs)
+    site = make_site(cell, reactor)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    print(port.getHost().port, flush=True)
+    reactor.run()
+
+
+@pytest.fixture
+def served():
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            proc.kill()
+            raise AssertionError(f"site did not start: {line!r} {proc.stderr.read()!r}")
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_operator_ui(served):
+    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright for Python not installed")
+    expect = playwright.expect
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(served + "/control")
+            expect(page.locator("#conn")).to_have_text("online")
+            expect(page.locator("#state")).to_have_text("initialized")
+            expect(page.locator("#device-id")).to_have_text("SCT-81-1F")
+            expect(page.locator("#sites .site")).to_have_count(4)
+            expect(page.locator("#settings-table tbody tr")).to_have_count(6)
+
+            # a load through the UI: loading, then ready
+            page.fill("#lot-input", LOT)
+            page.click("#btn-load")
+            expect(page.locator("#state")).to_have_text("loading")
+            expect(page.locator("#state")).to_have_text("ready")
+            expect(page.locator("#lot-number")).to_have_text(LOT)
+            expect(page.locator("#program")).to_have_text("hallsens2_ft1.py")
+            expect(page.locator("#site-0 [data-role=control]")).to_have_text("busy")
+
+            # two parts: results, yield and bins appear
+            page.click("#btn-next")
+            expect(page.locator("#parts-table tbody tr")).to_have_count(4)
+            expect(page.locator("#btn-next")).to_be_enabled()
+            page.click("#btn-next")
+            expect(page.locator("#parts-table tbody tr")).to_have_count(8)
+            expect(page.locator('#yield-table tr[data-group="BT_PASS"] td[data-site="-1"]')
+                   ).to_have_text("8 (100.0%)")
+            expect(page.locator('#bin-table tr[data-sbin="1"] td').last).to_have_text("8")
+            expect(page.locator("#lotdata")).to_contain_text(LOT)
+            os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
+            page.screenshot(path=SCREENSHOT, full_page=True)
+
+            # a refused command shows as a warning with its reason
+            page.fill("#lot-input", LOT)
+            page.locator("#btn-load").evaluate("b => { b.disabled = false; }")
+            page.click("#btn-load")
+            expect(page.locator("#errors")).to_contain_text("load refused")
+
+            # the third part fails on site 2: the error shows its site and reason
+            page.click("#btn-next")
+            expect(page.locator("#state")).to_have_text("softerror")
+            expect(page.locator('#errors li[data-site="2"]')).to_contain_text(
+                "TestApp exited with code 1")
+            expect(page.locator("#errors")).to_contain_text("site 2: TestApp crashed")
+            expect(page.locator("#site-2")).to_have_class("site has-error")
+            expect(page.locator("#parts-table tbody tr.fail")).to_have_count(1)
+            expect(page.locator("#btn-reset")).to_be_enabled()
+
+            # reset back to initialized; log level change reaches the master
+            page.click("#btn-reset")
+            expect(page.locator("#state")).to_have_text("initialized")
+            page.select_option("#loglevel", "10")
+            expect(page.locator("#logs tbody")).to_contain_text("TestApp crashed")
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    _serve()
