@@ -120,6 +120,7 @@ class MqttOptions:
     tls_key: str | None = None
     tls_insecure: bool = False
     keepalive: int = 60
+    subscribe_qos: int = 0
 
 
 @dataclass(frozen=True)
@@ -522,6 +523,7 @@ def _read_mqtt(
         tls_key=r.string("mqtt_tls_key", None),
         tls_insecure=r.boolean("mqtt_tls_insecure", False),
         keepalive=r.integer("mqtt_keepalive", 60, minimum=0, maximum=65535),
+        subscribe_qos=r.integer("mqtt_subscribe_qos", 0, minimum=0, maximum=2),
     )
     if options.password is not None and options.username is None:
         r.fail("mqtt_password", "is set but mqtt_username is not")

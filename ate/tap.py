@@ -134,7 +134,8 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True) 
     mqtt = MqttService(
         reactor, cfg.mqtt, f"masterapp.{cfg.device_id}",
         will=(will_topic, will_payload, 2),
-        subscriptions=codec.topics.master_subscriptions(cfg.peripherals),
+        subscriptions=[(topic, cfg.mqtt.subscribe_qos)
+                       for topic, _qos in codec.topics.master_subscriptions(cfg.peripherals)],
         on_message=on_message,
         on_connected=lambda: holder["cell"].mqtt_connected(),
         on_disconnected=lambda: holder["cell"].mqtt_disconnected(),

@@ -220,7 +220,11 @@ class Cell:
             self.log.warn("{problem}; ignored: {records!r}", problem=problem, records=records)
             return
         assert part is not None and self.lot is not None
-        outcome = self.lot.add_result(site, records)
+        try:
+            outcome = self.lot.add_result(site, records)
+        except ValueError as e:
+            self.machine.fault(f"site {site} sent a malformed test result: {e}")
+            return
         part.results.append((site, records))
         part.outcomes[site] = outcome
         self.metrics.parts += 1

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Handler-cycle benchmark: ate-master against the floor relay, same broker, same sites.
+
+    python bench/cycle.py [--sites 1,4,16,64] [--cycles 2000] [--rss-parts 100000]
+
+One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
+sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
+relay from ../shared/bench/floor_relay.py, or ``twistd -n ate-master`` — runs as its own
+process.  For every site count the handler sends ``next`` with every site and waits for the
+response, N cycles after a warm-up.  Reported: p50/p99 ms per cycle, parts/s, target CPU ms
+per cycle (from /proc), and for the master at 4 sites its RSS after 0, 10 000 and 100 000
+parts.  Ratios are master/floor, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from twisted.internet import defer, protocol, reactor, task  # noqa: E402
+
+from ate.config import sim_config_from_dict  # noqa: E402
+from ate.sim.sites import SimSitesService  # noqa: E402
+from ate.testing.broker import Mosquitto, free_port  # noqa: E402
+from ate.testing.peers import HandlerClient  # noqa: E402
+
+DEVICE = "SCT-81-1F"
+LOT = "306426.001"
+FLOOR = os.path.join(ROOT, "..", "shared", "bench", "floor_relay.py")
+if not os.path.exists(FLOOR):
+    FLOOR = "/work/shared/bench/floor_relay.py"
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "jobs", "le306426001.xml")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _Proc(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended = defer.Deferred()
+        self.tail = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.tail = (self.tail + data)[-4000:]
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+
+
+def spawn_floor(broker: Mosquitto, n: int):
+    pp = _Proc()
+    args = [sys.executable, FLOOR, "--broker", f"{broker.host}:{broker.port}",
+            "--device-id", DEVICE, "--sites", str(n)]
+    t = reactor.spawnProcess(pp, sys.executable, args, env=dict(os.environ),
+                             path=os.path.dirname(FLOOR))
+    return pp, t
+
+
+def spawn_master(broker: Mosquitto, n: int, workdir: str):
+    jobs = os.path.join(workdir, "jobs")
+    os.makedirs(jobs, exist_ok=True)
+    shutil.copy(FIXTURE, os.path.join(jobs, "le306426001.xml"))
+    cfg = {
+        "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
+        "sites": [str(i) for i in range(n)], "Handler": "HTO92-20F", "environment": "BENCH",
+        "webui_host": "127.0.0.1", "webui_port": free_port(), "jobsource": "filesystem",
+        "jobformat": "xml.semi-ate", "filesystemdatasource_path": jobs,
+        "filesystemdatasource_jobpattern": "le#jobname#.xml", "enable_timeouts": True,
+        "site_layout": [[i, 0] for i in range(n)], "loglevel": 30,
+        "stdf_directory": workdir, "log_directory": os.path.join(workdir, "log"),
+    }
+    path = os.path.join(workdir, f"master{n}.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    pp = _Proc()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT
+    args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+            "--pidfile=", "-l", os.path.join(workdir, f"twistd{n}.log")]
+    if os.environ.get("ATE_BENCH_PROFILE"):  # cProfile the master: a .prof file per run
+        args += ["--profile", f"{os.environ['ATE_BENCH_PROFILE']}.{n}", "--profiler",
+                 "cprofile", "--savestats"]
+    args += ["ate-master", "--config", path]
+    t = reactor.spawnProcess(pp, sys.executable, args, env=env, path=workdir)
+    return pp, t
+
+
+async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir: str,
+                     rss_marks: tuple[int, ...] = ()) -> dict:
+    sim_cfg = sim_config_from_dict({
+        "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
+        "sites": [str(i) for i in range(n)], "test_time": 0.0, "ptr_count": 5,
+        "bins": [{"sbin": 1, "hbin": 1, "weight": 1}], "seed": 1}, source="bench")
+    sim = SimSitesService(reactor, sim_cfg, client_id=f"simsites.bench.{kind}.{n}")
+    sim.startService()
+    handler = HandlerClient(reactor, broker.host, broker.port, DEVICE, client_id=f"bench.{kind}.{n}")
+    await handler.start()
+    await sim.mqtt.whenConnected()
+    up = handler.wait_state("initialized", 60)
+    pp, transport = (spawn_floor(broker, n) if kind == "floor"
+                     else spawn_master(broker, n, workdir))
+    pid = transport.pid
+    result: dict = {"kind": kind, "sites": n}
+    try:
+        await up
+        ready = handler.wait_state("ready", 60)
+        await handler.send("load", {"lot_number": LOT})
+        await ready
+        infos = [{"siteid": str(i), "partid": f"P{i}", "binning": -1} for i in range(n)]
+        payload = {"sites": infos}
+        parts = 0
+
+        async def cycle() -> float:
+            t0 = time.perf_counter()
+            d = handler.wait_response("next", 30)
+            handler.send("next", payload)
+            await d
+            return time.perf_counter() - t0
+
+        for _ in range(min(50, cycles)):
+            await cycle()
+            parts += n
+        rss = {0: rss_mb(pid)}
+        lat = []
+        cpu0 = cpu_seconds(pid)
+        w0 = time.perf_counter()
+        for _ in range(cycles):
+            lat.append(await cycle())
+            parts += n
+        wall = time.perf_counter() - w0
+        cpu = cpu_seconds(pid) - cpu0
+        for mark in rss_marks:
+            while parts < mark:
+                await cycle()
+                parts += n
+            rss[mark] = rss_mb(pid)
+        handler.received.clear()
+        lat.sort()
+        result.update(
+            p50=statistics.median(lat) * 1e3,
+            p99=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+            parts_s=cycles * n / wall,
+            cpu_ms=cpu / cycles * 1e3,
+            rss=rss,
+        )
+    finally:
+        transport.signalProcess("TERM")
+        pp.ended.addTimeout(10, reactor)
+        try:
+            await pp.ended
+        except defer.TimeoutError:
+            transport.signalProcess("KILL")
+        await handler.stop()
+        await sim.stopService()
+    return result
+
+
+async def main(args) -> None:
+    broker = Mosquitto()
+    broker.start()
+    workdir = tempfile.mkdtemp(prefix="ate-bench-")
+    rows = []
+    try:
+        for n in args.sites:
+            cycles = max(50, args.cycles // max(1, n // 4))
+            for kind in ("floor", "master"):
+                marks = tuple(args.rss_parts) if (kind == "master" and n == 4) else ()
+                if kind == "floor" and n == 4 and args.rss_floor:
+                    marks = tuple(args.rss_parts)
+                r = await run_target(kind, broker, n, cycles, workdir, marks)
+                rows.append(r)
+                print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+                      f"{r['parts_s']:.0f} parts/s  cpu {r['cpu_ms']:.3f} ms/cycle  "
+                      f"rss {', '.join(f'{k}:{v:.1f}MB' for k, v in r['rss'].items())}",
+                      flush=True)
+    finally:
+        broker.stop()
+        broker.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print("| sites | floor p50 | master p50 | ratio | floor p99 | master p99 | ratio | "
+          "floor parts/s | master parts/s | floor CPU ms | master CPU ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    by = {(r["kind"], r["sites"]): r for r in rows}
+    for n in args.sites:
+        f, m = by[("floor", n)], by[("master", n)]
+        print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
+              f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
+              f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
+              f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+    m4 = by.get(("master", 4))
+    if m4 and len(m4["rss"]) > 1:
+        print()
+        print("master RSS at 4 sites: " + ", ".join(f"{k} parts: {v:.1f} MB"
+                                                     for k, v in m4["rss"].items()))
+        ks = sorted(m4["rss"])
+        print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sites", default="1,4,16,64",
+                   type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--cycles", type=int, default=2000,
+                   help="measured cycles at 1 and 4 sites (fewer at more sites)")
+    p.add_argument("--rss-parts", default="10000,100000",
+                   type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument("--rss-floor", action="store_true", help="also measure the floor's RSS")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    a = parse()
+    task.react(lambda _r: defer.Deferred.fromCoroutine(main(a)))
