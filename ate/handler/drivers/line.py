@@ -24,6 +24,7 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
@@ -170,6 +171,7 @@ class LineDriver(Service):
         self._listening: IListeningPort | None = None
         self._port: Any = None
         self.dropped = 0
+        self._connect_waiters: list[Deferred[GeringerLineProtocol]] = []
 
     # ---- HandlerLink
 
@@ -188,6 +190,18 @@ class LineDriver(Service):
             self.log.info("a new handler device connection replaces the previous one")
             self.protocol.transport.loseConnection()
         self.protocol = proto
+        waiters, self._connect_waiters = self._connect_waiters, []
+        for d in waiters:
+            d.callback(proto)
+
+    def whenConnected(self) -> "Deferred[GeringerLineProtocol]":
+        """Fires with the device connection once there is one."""
+        d: Deferred[GeringerLineProtocol] = Deferred()
+        if self.protocol is not None:
+            d.callback(self.protocol)
+        else:
+            self._connect_waiters.append(d)
+        return d
 
     def _lost(self, proto: GeringerLineProtocol) -> None:
         if self.protocol is proto:

@@ -206,6 +206,11 @@ class SimulatedHandler:
                           line=lp.format_line(ts), phase=self.phase)
             if ts.code not in (0, 1, 2) or self.phase in ("loading", "testing", "ending"):
                 self.errors.append(ts)
+            if self.phase == "testing" and self._current is not None:
+                # the parts were not tested: build the ST again at the retry,
+                # so that sites disabled meanwhile are left out
+                self._part_counter -= len(self._current.enabled())
+                self._current = None
             retry = {"loading": self._send_load, "testing": self._send_start,
                      "ending": self._send_end}.get(self.phase)
             if retry is not None:
