@@ -380,3 +380,50 @@ def test_web_service_listens_on_configured_address(cell, fakes):
     assert not svc.site.feed._status_loop.running
     with pytest.raises(ValueError):
         web_service(cell, reactor, make_config(webui_host="0.0.0.0"))
+
+
+# -- with the real Cell --------------------------------------------------------------------
+
+
+@pytest.fixture
+def harness(tmp_path):
+    """The lead's cell harness (tests/unit/cellharness.py): a real Cell with fake peers."""
+    import sys
+
+    unit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit")
+    if unit not in sys.path:
+        sys.path.insert(0, unit)
+    cellharness = pytest.importorskip("cellharness", reason="tests/unit/cellharness.py missing")
+    return cellharness.Harness(tmp_path)
+
+
+def test_real_cell_through_the_api(harness):
+    cell = harness.cell
+    client = Client(cell, root=None)
+    harness.to_initialized()
+    code, body = client.json("GET", "/api/v1/status")
+    assert code == 200 and body["state"] == "initialized"
+    code, body = client.json("POST", "/api/v1/commands/next")
+    assert (code, body["error"]) == (409, "notlot")
+    code, body = client.json("POST", "/api/v1/commands/load", {"lot_number": "123456.001"})
+    assert (code, body["error"]) == (400, "error") and body["message"]
+    code, body = client.json("POST", "/api/v1/commands/load", {"lot_number": KNOWN_LOT})
+    assert code == 202 and body["state"] == "loading"
+    for s in harness.sites:
+        harness.control(s, "loading")
+        harness.control(s, "busy")
+        harness.testapp(s, "idle")
+    assert client.json("GET", "/api/v1/status")[1]["state"] == "ready"
+    code, body = client.json("POST", "/api/v1/commands/load", {"lot_number": KNOWN_LOT})
+    assert (code, body["error"]) == (409, "havelot")
+    harness.run_part()
+    code, body = client.json("GET", "/api/v1/lot")
+    assert code == 200 and body["parts_tested"] == 4
+    assert [c["siteId"] for c in body["bintable"][0]["siteCounts"]] == list(harness.sites)
+    code, body = client.json("GET", "/api/v1/results?last=2")
+    assert len(body["results"]) == 2
+    code, headers, raw = client.request("GET", "/metrics")
+    text = raw.decode()
+    assert "ate_parts_total 4\n" in text and "ate_cycles_total 1\n" in text
+    assert "ate_cycle_seconds_count 1\n" in text
+    assert "ate_commands_refused_total 3\n" in text

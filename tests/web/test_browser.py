@@ -130,8 +130,8 @@ def test_operator_ui(served):
 
             # a refused command shows as a warning with its reason
             page.fill("#lot-input", LOT)
-            page.locator("#btn-load").evaluate("b => { b.disabled = false; }")
-            page.click("#btn-load")
+            # (the Load button is disabled in ready; submit the form directly)
+            page.locator("#load-form").evaluate("f => f.requestSubmit()")
             expect(page.locator("#errors")).to_contain_text("load refused")
 
             # the third part fails on site 2: the error shows its site and reason

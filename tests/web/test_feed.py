@@ -368,3 +368,56 @@ def test_slow_client_is_dropped_others_continue(cell, logbuffer):
         yield slow.closed.addTimeout(TIMEOUT, srv.reactor)
     finally:
         yield srv.close()
+
+
+# -- with the real Cell --------------------------------------------------------------------
+
+
+@pytest.fixture
+def harness(tmp_path):
+    """The lead's cell harness (tests/unit/cellharness.py): a real Cell with fake peers."""
+    import os
+    import sys
+
+    unit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit")
+    if unit not in sys.path:
+        sys.path.insert(0, unit)
+    cellharness = pytest.importorskip("cellharness", reason="tests/unit/cellharness.py missing")
+    return cellharness.Harness(tmp_path)
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_cell_feed(harness):
+    srv = Server(harness.cell)
+    try:
+        harness.to_initialized()
+        client = yield srv.connect()
+        msg = yield client.next_of("status")
+        assert msg["payload"]["state"] == "initialized"
+        client.command("load", lot_number="306426.001")
+        msg = yield client.next_of("status")
+        assert msg["payload"]["state"] == "loading"
+        for s in harness.sites:
+            harness.control(s, "loading")
+            harness.control(s, "busy")
+            harness.testapp(s, "idle")
+        msg = yield client.next_of("status")
+        while msg["payload"]["state"] != "ready":
+            msg = yield client.next_of("status")
+        assert msg["payload"]["program"]
+        harness.run_part(bins={"1": (12, 5)})
+        results = []
+        while len(results) < 4:
+            results.append((yield client.next_of("testresult")))
+        msg = yield client.next_of("yield")
+        total = {r["name"]: r["count"] for r in msg["payload"] if r["siteid"] == "-1"}
+        assert total["sum"] == 4
+        msg = yield client.next_of("bintable")
+        row = next(r for r in msg["payload"] if r["sBin"] == 12)
+        assert [c["count"] for c in row["siteCounts"]] == [0, 1, 0, 0]
+        client.command("load", lot_number="306426.001")  # refused: a lot is loaded
+        client.command("getresults")
+        msg = yield client.next_of("testresults")
+        assert len(msg["payload"]) == 4
+    finally:
+        yield srv.close()
