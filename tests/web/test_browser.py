@@ -3,7 +3,8 @@
 The site runs in a child process (this file run as a script) with a scripted fake cell:
 a load goes through ``loading`` to ``ready``; the third ``next`` ends in softerror with a
 site error.  The child listens on a free port of 127.0.0.1, reports it on stdout and is
-stopped by its PID.  Saves docs/ui-screenshot.png mid-lot.
+stopped by its PID.  Takes a screenshot mid-lot; with ATE_UPDATE_SCREENSHOT=1 it is saved
+as docs/ui-screenshot.png (otherwise in the test's temporary directory).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def served():
         proc.wait(timeout=30)
 
 
-def test_operator_ui(served):
+def test_operator_ui(served, tmp_path):
     if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
         pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api",
@@ -125,8 +126,10 @@ def test_operator_ui(served):
                    ).to_have_text("8 (100.0%)")
             expect(page.locator('#bin-table tr[data-sbin="1"] td').last).to_have_text("8")
             expect(page.locator("#lotdata")).to_contain_text(LOT)
-            os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-            page.screenshot(path=SCREENSHOT, full_page=True)
+            shot = (SCREENSHOT if os.environ.get("ATE_UPDATE_SCREENSHOT") == "1"
+                    else str(tmp_path / "ui.png"))
+            page.screenshot(path=shot, full_page=True)
+            assert os.path.getsize(shot) > 10_000
 
             # a refused command shows as a warning with its reason
             page.fill("#lot-input", LOT)
