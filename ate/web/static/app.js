@@ -197,7 +197,10 @@ function renderSettings(payload) {
 
 function addLogs(entries, replace) {
   if (replace) { model.logs = []; model.warnings = []; }
-  const fresh = (entries || []).filter((e) => e && typeof e.type === "string");
+  // the first push after a reconnect may repeat entries the getlogs reply already holds
+  const key = (e) => `${e.date}|${e.type}|${e.source}|${e.description}`;
+  const seen = new Set(model.logs.slice(0, 200).map(key));
+  const fresh = (entries || []).filter((e) => e && typeof e.type === "string" && !seen.has(key(e)));
   model.logs = [...fresh, ...model.logs].slice(0, MAX_LOGS);
   const warn = fresh.filter((e) => LEVELS[e.type.trim()] >= LEVELS.WARNING);
   model.warnings = [...warn, ...model.warnings].slice(0, MAX_ERRORS);
