@@ -353,6 +353,10 @@ class Feed:
     # -- cell events -------------------------------------------------------------------
 
     def _cell_event(self, kind: str, data: Any) -> None:
+        if not self.clients:
+            # nobody to tell: a new client gets the full picture when it connects (§11.2)
+            self._status_dirty = self._results_dirty = False
+            return
         if kind == "status":
             self._status_dirty = False
             self.broadcast("status", self.status_payload())
