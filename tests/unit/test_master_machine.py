@@ -487,3 +487,26 @@ def test_io_control_round_trip_and_timeout(tmp_path):
     h.clock.advance(5.1)
     assert h.state == "softerror"
     assert h.cell.error_message_text == "Failed to control resource Temperature. Reason: Timeout."
+
+
+def test_site_restart_while_connecting(tmp_path):
+    h = Harness(tmp_path)
+    h.cell.mqtt_connected()
+    h.control("0", "idle")
+    h.control("1", "idle")
+    h.control("0", "crash")  # site 0 restarts while the master waits
+    h.control("2", "idle")
+    h.control("3", "idle")
+    assert h.state == "connecting"
+    h.control("0", "idle")
+    assert h.state == "initialized"
+
+
+def test_crash_in_unloading_after_summary_is_expected(tmp_path):
+    h = Harness(tmp_path)
+    h.to_unloading()
+    h.testapp("0", "terminated")
+    h.testapp("0", "crash")
+    assert h.state == "unloading"
+    h.control("0", "error")
+    assert h.state == "softerror"
