@@ -1,0 +1,354 @@
+"""``twistd -n ate-demo``: a whole test cell in one process.
+
+A private mosquitto broker (``ate.testing.broker.Mosquitto`` on a free 127.0.0.1 port),
+the master with its web UI, N simulated sites and the handler application driving a
+simulated handler device that runs lots of the demo job (``ate/demodata``) one after the
+other.  Services start in that order (broker first) and stop one after the other in the
+reverse order (handler first, broker last), so the master finalises the open datalog
+while the broker still carries its last status.  SIGTERM/SIGINT exit with status 0.
+
+Without mosquitto installed it stops before anything starts, with one line saying how
+to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ate.config import (
+    ConfigError,
+    HandlerConfig,
+    MasterConfig,
+    SimConfig,
+    handler_config_from_dict,
+    master_config_from_dict,
+    sim_config_from_dict,
+)
+from ate.handler.drivers.simulated import SimulatedHandler
+
+__all__ = ["Options", "makeService", "DemoService", "BrokerService", "DemoHandler",
+           "FAULT_KEYS", "DEVICE_ID", "HANDLER_ID", "LOT_NUMBER"]
+
+log = Logger(namespace="ate.demo")
+
+DEVICE_ID = "SCT-81-1F"
+HANDLER_ID = "HTO92-20F"
+LOT_NUMBER = "306426.001"
+JOB_FILE = "le306426001.xml"
+JOB_PATTERN = "le#jobname#.xml"
+FAULT_KEYS = ("crash_on_part", "drop_result_on_part", "wrong_site_on_part",
+              "duplicate_result_on_part", "slow_load", "fault_site")
+REPORT_INTERVAL = 5.0
+
+
+def _fail(line: str) -> None:
+    sys.stderr.write(f"ate-demo: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def _number(kind: type, name: str, minimum: float) -> Any:
+    def coerce(value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"--{name}: not a number: {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"--{name}: must be at least {minimum}, got {value}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def _fault_value(name: str, text: str) -> Any:
+    if name == "fault_site":
+        return text
+    try:
+        return float(text) if name == "slow_load" else int(text)
+    except ValueError:
+        raise usage.UsageError(f"--fault {name}={text}: not a number") from None
+
+
+class Options(usage.Options):
+    synopsis = "[--sites N] [--test-time S] [--parts-per-lot N] [--port P] [--fault K=V]"
+    longdesc = ("Run a whole test cell in one process: a private mosquitto broker, the "
+                "master with its web UI, simulated sites and a simulated handler running "
+                "lots.  Open the printed address in a browser.")
+    optParameters = [
+        ["sites", "n", 4, "Number of simulated sites.", _number(int, "sites", 1)],
+        ["test-time", "t", 0.05, "Test time of one part in seconds.",
+         _number(float, "test-time", 0.0)],
+        ["parts-per-lot", None, 200, "Parts in every lot.", _number(int, "parts-per-lot", 1)],
+        ["port", "p", 8081, "Port of the web UI and API on 127.0.0.1.",
+         _number(int, "port", 1)],
+        ["stdf-dir", None, "./demo-stdf", "Directory of the STDF datalogs (and the master's "
+                                          "log files, in its 'log' subdirectory)."],
+        ["lots", None, 0, "Number of lots to run; 0 runs lots forever.",
+         _number(int, "lots", 0)],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["faults"] = {}
+
+    def opt_fault(self, value: str) -> None:
+        """Inject a fault in the simulated sites, NAME=VALUE (repeatable or comma
+        separated): crash_on_part, drop_result_on_part, wrong_site_on_part,
+        duplicate_result_on_part (part numbers), slow_load (seconds), fault_site."""
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            name, sep, text = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in FAULT_KEYS:
+                raise usage.UsageError(
+                    f"--fault {item!r}: expected NAME=VALUE with NAME one of "
+                    f"{', '.join(FAULT_KEYS)}")
+            self["faults"][name] = _fault_value(name, text.strip())
+
+    def postOptions(self) -> None:
+        if self["port"] > 65535:
+            raise usage.UsageError(f"--port: out of range 1-65535, got {self['port']}")
+        try:
+            # validated now, so that a bad --fault stops twistd before anything starts
+            sim_config(self, 1883)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------------
+# configurations
+
+
+def _site_ids(options: Any) -> list[str]:
+    return [str(i) for i in range(options["sites"])]
+
+
+def master_config(options: Any, broker_port: int, job_dir: str) -> MasterConfig:
+    sites = _site_ids(options)
+    stdf = os.path.abspath(options["stdf-dir"])
+    return master_config_from_dict({
+        "broker_host": "127.0.0.1", "broker_port": broker_port,
+        "device_id": DEVICE_ID, "sites": sites, "Handler": HANDLER_ID,
+        "environment": "F1", "jobsource": "filesystem", "jobformat": "xml.semi-ate",
+        "filesystemdatasource_path": job_dir,
+        "filesystemdatasource_jobpattern": JOB_PATTERN,
+        "skip_jobdata_verification": False, "enable_timeouts": True,
+        "webui_host": "127.0.0.1", "webui_port": options["port"],
+        "site_layout": [[i, 0] for i in range(len(sites))],
+        "loglevel": 20,
+        "stdf_directory": stdf, "log_directory": os.path.join(stdf, "log"),
+    }, source="ate-demo master")
+
+
+def sim_config(options: Any, broker_port: int) -> SimConfig:
+    return sim_config_from_dict({
+        "broker_host": "127.0.0.1", "broker_port": broker_port,
+        "device_id": DEVICE_ID, "sites": _site_ids(options),
+        "test_time": options["test-time"], "seed": 1, "ptr_count": 5,
+        "faults": dict(options["faults"]),
+    }, source="ate-demo --fault")
+
+
+def handler_config(options: Any, broker_port: int) -> HandlerConfig:
+    return handler_config_from_dict({
+        "broker_host": "127.0.0.1", "broker_port": broker_port,
+        "handler_type": "simulated", "handler_id": HANDLER_ID, "device_ids": [DEVICE_ID],
+        "site_layout": [[i, 0] for i in range(options["sites"])],
+    }, source="ate-demo handler")
+
+
+# ------------------------------------------------------------------------------------
+# services
+
+
+class DemoHandler(SimulatedHandler):
+    """The simulated handler device running ``lot_count`` lots of the demo lot
+    (0: forever)."""
+
+    def __init__(self, clock: Any, *, lot_count: int = 0, **kw: Any) -> None:
+        super().__init__(clock, lots=(LOT_NUMBER,), **kw)
+        self.lot_count = lot_count
+
+    @property
+    def lot(self) -> str | None:
+        if self.lot_count and self.lot_index >= self.lot_count:
+            return None
+        return LOT_NUMBER
+
+
+def _own_session_mosquitto() -> Any:
+    """``Mosquitto`` whose process runs in its own session, so that a Ctrl-C in the
+    terminal (SIGINT to the whole foreground process group) does not stop the broker
+    before the master has published its last status; it is stopped by PID instead."""
+    import subprocess
+
+    from ate.testing import broker as broker_module
+
+    class OwnSessionMosquitto(broker_module.Mosquitto):
+        def start(self) -> Any:
+            real = subprocess.Popen
+
+            def popen(*args: Any, **kw: Any) -> Any:
+                kw.setdefault("start_new_session", True)
+                return real(*args, **kw)
+
+            broker_module.subprocess.Popen = popen  # type: ignore[assignment]
+            try:
+                return super().start()
+            finally:
+                broker_module.subprocess.Popen = real  # type: ignore[assignment]
+
+    return OwnSessionMosquitto
+
+
+class BrokerService(Service):
+    """The private mosquitto: started in startService, stopped by PID in stopService."""
+
+    def __init__(self, broker: Any, work_dir: str | None = None) -> None:
+        self.broker = broker
+        self.work_dir = work_dir
+
+    def startService(self) -> None:
+        self.broker.start()
+        log.info("private mosquitto (pid {pid}) on {host}:{port}", pid=self.broker.pid,
+                 host=self.broker.host, port=self.broker.port)
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.broker.stop()
+        self.broker.cleanup()
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+class ReportService(Service):
+    """Prints the address of the UI once and the progress every few seconds."""
+
+    def __init__(self, clock: Any, url: str, device: SimulatedHandler, cell: Any,
+                 interval: float = REPORT_INTERVAL, out: Any = None) -> None:
+        self.clock = clock
+        self.url = url
+        self.device = device
+        self.cell = cell
+        self.interval = interval
+        self.out = out
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        line = f"ate-demo: open {self.url}"
+        log.info("{line}", line=line)
+        out = self.out if self.out is not None else sys.__stdout__
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+        self._loop = LoopingCall(self.report)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def report(self) -> None:
+        status = self.cell.status()
+        log.info("ate-demo: {parts} parts tested in {lots} complete lots; master {state}, "
+                 "{lot_parts} parts in the current lot",
+                 parts=self.device.parts_tested, lots=self.device.lots_done,
+                 state=status.get("state"), lot_parts=status.get("parts"))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
+class DemoService(MultiService):
+    """Starts its children in order; stops them one after the other in reverse order,
+    each once the one after it has stopped."""
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        children = list(self)[::-1]
+
+        async def stop_all() -> None:
+            for service in children:
+                if not service.running:
+                    continue
+                try:
+                    result = service.stopService()
+                    if isinstance(result, Deferred):
+                        await result
+                except Exception:
+                    log.failure("stopping {service} failed", service=service)
+
+        return Deferred.fromCoroutine(stop_all())
+
+
+def build_demo(options: Any, reactor: Any, broker: Any, *, observe_logs: bool = True,
+               out: Any = None) -> tuple[DemoService, dict[str, Any]]:
+    """Assemble the demo on ``broker`` (a not yet started ``Mosquitto`` whose ``port`` is
+    set); returns the top service and its parts by name."""
+    from ate.handler.service import HandlerService
+    from ate.sim.sites import SimSitesService
+    from ate.tap import build_master
+
+    work_dir = tempfile.mkdtemp(prefix="ate-demo-")
+    job_dir = os.path.join(work_dir, "jobs")
+    os.makedirs(job_dir)
+    job_text = resources.files("ate.demodata").joinpath(JOB_FILE).read_bytes()
+    with open(os.path.join(job_dir, JOB_FILE), "wb") as f:
+        f.write(job_text)
+
+    try:
+        mcfg = master_config(options, broker.port, job_dir)
+        scfg = sim_config(options, broker.port)
+        hcfg = handler_config(options, broker.port)
+        os.makedirs(mcfg.stdf_directory, exist_ok=True)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    top = DemoService()
+    BrokerService(broker, work_dir).setServiceParent(top)
+    master, cell = build_master(mcfg, reactor, observe_logs=observe_logs)
+    master.setServiceParent(top)
+    sites = SimSitesService(reactor, scfg,
+                            client_id=f"simsites.{DEVICE_ID}.demo")
+    sites.setServiceParent(top)
+    device = DemoHandler(reactor, lot_count=options["lots"],
+                         parts_per_lot=options["parts-per-lot"], sites=options["sites"],
+                         index_time=0.0, retry_time=1.0)
+    handler = HandlerService(reactor, hcfg, device=device)
+    handler.setServiceParent(top)
+    url = f"http://127.0.0.1:{options['port']}/"
+    ReportService(reactor, url, device, cell, out=out).setServiceParent(top)
+    return top, {"master": master, "cell": cell, "sites": sites, "handler": handler,
+                 "device": device, "url": url, "work_dir": work_dir}
+
+
+def makeService(options: Options, reactor: Any = None) -> DemoService:
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
+    from ate.tap import install_clean_exit
+    from ate.testing.broker import MosquittoError, find_mosquitto, free_port
+
+    try:
+        find_mosquitto()
+    except MosquittoError:
+        _fail("mosquitto is not installed; install it with: apt-get install -y mosquitto")
+    try:
+        top, _parts = build_demo(options, reactor, _own_session_mosquitto()(port=free_port()))
+    except ConfigError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{options['stdf-dir']}: {e}")
+    install_clean_exit(reactor)
+    return top
