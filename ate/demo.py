@@ -174,11 +174,19 @@ def handler_config(options: Any, broker_port: int) -> HandlerConfig:
 
 class DemoHandler(SimulatedHandler):
     """The simulated handler device running ``lot_count`` lots of the demo lot
-    (0: forever)."""
+    (0: forever).  ``ready`` (if set) tells whether the handler application can take
+    the first lot; until then :meth:`start` looks again every 0.1 s."""
 
     def __init__(self, clock: Any, *, lot_count: int = 0, **kw: Any) -> None:
         super().__init__(clock, lots=(LOT_NUMBER,), **kw)
         self.lot_count = lot_count
+        self.ready: Any = None
+
+    def start(self) -> None:
+        if self.phase == "idle" and self.ready is not None and not self.ready():
+            self._later(0.1, self.start)
+            return
+        super().start()
 
     @property
     def lot(self) -> str | None:
@@ -297,36 +305,42 @@ def build_demo(options: Any, reactor: Any, broker: Any, *, observe_logs: bool = 
                out: Any = None) -> tuple[DemoService, dict[str, Any]]:
     """Assemble the demo on ``broker`` (a not yet started ``Mosquitto`` whose ``port`` is
     set); returns the top service and its parts by name."""
+    work_dir = tempfile.mkdtemp(prefix="ate-demo-")
+    try:
+        return _assemble(options, reactor, broker, work_dir, observe_logs, out)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
+def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_logs: bool,
+              out: Any) -> tuple[DemoService, dict[str, Any]]:
     from ate.handler.service import HandlerService
     from ate.sim.sites import SimSitesService
     from ate.tap import build_master
 
-    work_dir = tempfile.mkdtemp(prefix="ate-demo-")
     job_dir = os.path.join(work_dir, "jobs")
     os.makedirs(job_dir)
     job_text = resources.files("ate.demodata").joinpath(JOB_FILE).read_bytes()
     with open(os.path.join(job_dir, JOB_FILE), "wb") as f:
         f.write(job_text)
+    mcfg = master_config(options, broker.port, job_dir)
+    scfg = sim_config(options, broker.port)
+    hcfg = handler_config(options, broker.port)
+    os.makedirs(mcfg.stdf_directory, exist_ok=True)
 
-    try:
-        mcfg = master_config(options, broker.port, job_dir)
-        scfg = sim_config(options, broker.port)
-        hcfg = handler_config(options, broker.port)
-        os.makedirs(mcfg.stdf_directory, exist_ok=True)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
     top = DemoService()
-    BrokerService(broker, work_dir).setServiceParent(top)
+    BrokerService(broker, work_dir).setServiceParent(top)  # started first, stopped last
     master, cell = build_master(mcfg, reactor, observe_logs=observe_logs)
     master.setServiceParent(top)
-    sites = SimSitesService(reactor, scfg,
-                            client_id=f"simsites.{DEVICE_ID}.demo")
+    sites = SimSitesService(reactor, scfg, client_id=f"simsites.{DEVICE_ID}.demo")
     sites.setServiceParent(top)
     device = DemoHandler(reactor, lot_count=options["lots"],
                          parts_per_lot=options["parts-per-lot"], sites=options["sites"],
                          index_time=0.0, retry_time=1.0)
     handler = HandlerService(reactor, hcfg, device=device)
+    # the first lot once the handler application sees the master initialized
+    device.ready = lambda: handler.controller.status().state == "initialized"
     handler.setServiceParent(top)
     url = f"http://127.0.0.1:{options['port']}/"
     ReportService(reactor, url, device, cell, out=out).setServiceParent(top)

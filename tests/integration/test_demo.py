@@ -192,3 +192,21 @@ def test_no_mosquitto_one_line_error(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "apt-get install -y mosquitto" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_failed_assembly_leaves_no_work_directory(monkeypatch, tmp_path):
+    import ate.demo
+    from ate.testing.broker import Mosquitto
+
+    work = tmp_path / "work"
+
+    def mkdtemp(prefix=""):
+        work.mkdir()
+        return str(work)
+
+    monkeypatch.setattr(ate.demo.tempfile, "mkdtemp", mkdtemp)
+    opts = parse("--stdf-dir", str(tmp_path / "d"))
+    with pytest.raises(AttributeError):     # a reactor without a thread pool
+        ate.demo.build_demo(opts, MemoryReactorClock(), Mosquitto(port=free_port()),
+                            observe_logs=False)
+    assert not work.exists()
