@@ -167,6 +167,12 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
             cpu_ms=cpu / cycles * 1e3,
             rss=rss,
         )
+    except Exception:
+        log = os.path.join(workdir, f"twistd{n}.log")
+        if kind == "master" and os.path.exists(log):
+            with open(log) as f:
+                print("".join(f.readlines()[-30:]), file=sys.stderr)
+        raise
     finally:
         transport.signalProcess("TERM")
         pp.ended.addTimeout(10, reactor)

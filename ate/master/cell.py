@@ -390,12 +390,14 @@ class Cell:
         return self._message
 
     def first_connect(self) -> None:
-        self._set_state("connecting", "")
-        self._publish_status()
+        # The resets go out before the status (protocol.md §3.2: a transition's commands
+        # precede its Master/status).  A Control app that was already up then answers
+        # resetting, idle, and only then echoes the status: the master never takes a
+        # stale idle for synced and reaches initialized with every site really idle.
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
         self.tracker.begin_connecting(after_reset=False)
-        self._arm("startup")
+        self._enter("connecting", "", timer="startup")
 
     def republish(self) -> None:
         if self._state in ("startup", "stopped"):

@@ -114,14 +114,14 @@ def test_bad_commands_change_nothing(tmp_path, state, bad):
     assert after["lot_number"] == before["lot_number"]
 
 
-def test_startup_publishes_in_reference_order(tmp_path):
+def test_startup_resets_then_publishes_connecting(tmp_path):
     h = Harness(tmp_path)
     h.cell.mqtt_connected()
     sent = h.pub.take()
-    assert [t.split("/", 2)[2] for t, _ in sent] == ["Master/status", "Control/cmd", "TestApp/cmd"]
-    assert sent[0][1] == {"type": "status", "interface_version": 1, "state": "connecting",
+    assert [t.split("/", 2)[2] for t, _ in sent] == ["Control/cmd", "TestApp/cmd", "Master/status"]
+    assert sent[2][1] == {"type": "status", "interface_version": 1, "state": "connecting",
                           "payload": {"state": "connecting", "message": ""}}
-    assert sent[1][1]["command"] == "reset" and sent[1][1]["sites"] == ["0", "1", "2", "3"]
+    assert sent[0][1]["command"] == "reset" and sent[0][1]["sites"] == ["0", "1", "2", "3"]
     for s in ("0", "1", "2"):
         h.control(s, "idle")
     assert h.state == "connecting"
