@@ -195,31 +195,6 @@ class DemoHandler(SimulatedHandler):
         return LOT_NUMBER
 
 
-def _own_session_mosquitto() -> Any:
-    """``Mosquitto`` whose process runs in its own session, so that a Ctrl-C in the
-    terminal (SIGINT to the whole foreground process group) does not stop the broker
-    before the master has published its last status; it is stopped by PID instead."""
-    import subprocess
-
-    from ate.testing import broker as broker_module
-
-    class OwnSessionMosquitto(broker_module.Mosquitto):
-        def start(self) -> Any:
-            real = subprocess.Popen
-
-            def popen(*args: Any, **kw: Any) -> Any:
-                kw.setdefault("start_new_session", True)
-                return real(*args, **kw)
-
-            broker_module.subprocess.Popen = popen  # type: ignore[assignment]
-            try:
-                return super().start()
-            finally:
-                broker_module.subprocess.Popen = real  # type: ignore[assignment]
-
-    return OwnSessionMosquitto
-
-
 class BrokerService(Service):
     """The private mosquitto: started in startService, stopped by PID in stopService."""
 
@@ -352,14 +327,14 @@ def makeService(options: Options, reactor: Any = None) -> DemoService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
     from ate.tap import install_clean_exit
-    from ate.testing.broker import MosquittoError, find_mosquitto, free_port
+    from ate.testing.broker import Mosquitto, MosquittoError, find_mosquitto, free_port
 
     try:
         find_mosquitto()
     except MosquittoError:
         _fail("mosquitto is not installed; install it with: apt-get install -y mosquitto")
     try:
-        top, _parts = build_demo(options, reactor, _own_session_mosquitto()(port=free_port()))
+        top, _parts = build_demo(options, reactor, Mosquitto(port=free_port(), new_session=True))
     except ConfigError as e:
         _fail(str(e))
     except OSError as e:

@@ -79,6 +79,9 @@ class Mosquitto:
     @param extra_config: more lines for mosquitto.conf (e.g. limits).
     @param start_timeout: seconds to wait for the port to accept connections.
     @param stop_timeout: seconds to wait after SIGTERM before SIGKILL.
+    @param new_session: run mosquitto in its own session, so that a Ctrl-C in the
+        terminal (SIGINT to the foreground process group) does not stop it before its
+        clients are done; it is stopped by PID.
     """
 
     host = "127.0.0.1"
@@ -91,7 +94,9 @@ class Mosquitto:
         extra_config: Sequence[str] = (),
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        new_session: bool = False,
     ) -> None:
+        self.new_session = new_session
         self.port = port
         self.executable = executable
         self.extra_config = tuple(extra_config)
@@ -149,6 +154,7 @@ class Mosquitto:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=self.directory,
+                start_new_session=self.new_session,
             )
         deadline = time.monotonic() + self.start_timeout
         while not _accepts(self.host, self.port):
