@@ -112,7 +112,9 @@ class _Backlog:
 class FeedProtocol(WebSocketServerProtocol):
     """One UI connection.  All logic lives in :class:`Feed`; this only forwards events."""
 
-    log = Logger(namespace="ate.web.feed")
+    # not named ``log``: autobahn logs every frame through self.log, and a Twisted Logger
+    # there would format and write each one (bench/feed.py); txaio's logger drops them
+    _log = Logger(namespace="ate.web.feed")
     feed: "Feed"
 
     def onConnect(self, request: Any) -> None:
@@ -122,7 +124,7 @@ class FeedProtocol(WebSocketServerProtocol):
             self.backlog = _Backlog()
             self.dropped = False
         except Exception:
-            self.log.failure("websocket onConnect failed")
+            self._log.failure("websocket onConnect failed")
             raise
         return None
 
@@ -138,23 +140,23 @@ class FeedProtocol(WebSocketServerProtocol):
             try:
                 transport.registerProducer(self.backlog, True)
             except Exception:
-                self.log.failure("websocket: cannot watch the output buffer of {peer}",
+                self._log.failure("websocket: cannot watch the output buffer of {peer}",
                                  peer=self.peer_text)
             self.feed.client_opened(self)
         except Exception:
-            self.log.failure("websocket onOpen failed")
+            self._log.failure("websocket onOpen failed")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
             self.feed.client_message(self, payload, isBinary)
         except Exception:
-            self.log.failure("websocket onMessage failed")
+            self._log.failure("websocket onMessage failed")
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         try:
             self.feed.client_closed(self)
         except Exception:
-            self.log.failure("websocket onClose failed")
+            self._log.failure("websocket onClose failed")
 
     # -- sending -----------------------------------------------------------------------
 
