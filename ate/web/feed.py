@@ -208,6 +208,7 @@ class Feed:
         tick: float = 0.1,
         status_interval: float = 1.0,
         ping_interval: float | None = 10.0,
+        coalesce: bool = False,
     ) -> None:
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be a positive integer, got {max_buffer!r}")
@@ -224,6 +225,11 @@ class Feed:
         self.dropped = 0
         self._results_dirty = False
         self._status_dirty = False
+        # coalesce: broadcasts of one reactor turn go to each client as one write (a
+        # 16-site part is 16 testresults + yield + bintable + status); bench/feed.py
+        self.coalesce = coalesce
+        self._outbox: list[bytes] = []
+        self._flush_call: Any = None
         self.factory = WebSocketServerFactory()
         self.factory.protocol = self._protocol_class()
         options: dict[str, Any] = {"autoFragmentSize": 0}
@@ -321,9 +327,31 @@ class Feed:
         if not self.clients:
             return
         prepared = self.factory.prepareMessage(strict_json(_message(kind, payload)))
+        if self.coalesce:
+            self._outbox.append(prepared.payloadHybi)
+            if self._flush_call is None:
+                self._flush_call = self.clock.callLater(0, self.flush)
+            return
         for client in list(self.clients):
             try:
                 client.send_prepared(prepared)
+            except Exception:
+                self.log.failure("websocket send to {peer} failed", peer=client.peer_text)
+                self.drop(client, "send failed")
+
+    def flush(self) -> None:
+        """Send the coalesced broadcasts: one write per client."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        frames, self._outbox = self._outbox, []
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        for client in list(self.clients):
+            try:
+                if client.send_frame_bytes(len(data)):
+                    client.transport.write(data)
             except Exception:
                 self.log.failure("websocket send to {peer} failed", peer=client.peer_text)
                 self.drop(client, "send failed")
@@ -406,6 +434,7 @@ class Feed:
 
     def client_opened(self, client: FeedProtocol) -> None:
         """The connection start of §11.2, to this client only, then join the broadcast."""
+        self.flush()  # what was broadcast before it joined is not its business
         self.send_to(client, "connectionid", {"connectionid": client.connectionid})
         self.send_to(client, "masterconfiguration", self.masterconfiguration())
         self.send_to(client, "usersettings", self.cell.usersettings())

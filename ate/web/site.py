@@ -228,7 +228,7 @@ class _NoIndex(Resource):
 
 def make_site(cell: Any, clock: IReactorTime, *, root: str | None = None,
               start: bool = True, max_buffer: int | None = None,
-              wallclock: Any = None) -> Site:
+              wallclock: Any = None, coalesce: bool = False) -> Site:
     """The twisted.web ``Site`` of the master.
 
     :param root: the UI directory; default ``cell.config.webui_root_path`` or the shipped UI.
@@ -245,7 +245,7 @@ def make_site(cell: Any, clock: IReactorTime, *, root: str | None = None,
         feed_kwargs["max_buffer"] = max_buffer
     if wallclock is not None:
         feed_kwargs["wallclock"] = wallclock
-    feed = Feed(cell, clock, **feed_kwargs)
+    feed = Feed(cell, clock, coalesce=coalesce, **feed_kwargs)
     api = Api(cell)
     metrics = PrometheusMetrics(cell)
     index_path = os.path.join(root, "index.html")
@@ -293,7 +293,7 @@ def web_service(cell: Any, reactor: Any, config: Any) -> IService:
     host = getattr(config, "webui_host", "127.0.0.1") or "127.0.0.1"
     port = int(getattr(config, "webui_port", 8081) or 8081)
     site = make_site(cell, reactor, root=getattr(config, "webui_root_path", None) or None,
-                     start=False)
+                     start=False, coalesce=True)
     interface = host.replace(":", "\\:")
     endpoint = serverFromString(reactor, f"tcp:{port}:interface={interface}")
     return WebService(site, endpoint)

@@ -421,3 +421,25 @@ def test_real_cell_feed(harness):
         assert len(msg["payload"]) == 4
     finally:
         yield srv.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_coalesced_broadcasts_arrive_in_order_as_one_write(cell):
+    srv = Server(cell, coalesce=True)
+    try:
+        client = yield srv.connect()
+        yield client.next_of("status")  # the end of the connection start
+        yield deferLater(srv.reactor, 0.05)
+        raw_before = len(client.raw)
+        for i in range(5):
+            srv.feed.broadcast("testresult", {"n": i})
+        yield deferLater(srv.reactor, 0.05)
+        assert len(client.raw) == raw_before  # held until the turn's flush
+        srv.clock.advance(0)
+        got = []
+        while len(got) < 5:
+            msg = yield client.next_of("testresult")
+            got.append(msg["payload"]["n"])
+        assert got == [0, 1, 2, 3, 4]
+    finally:
+        yield srv.close()
