@@ -223,3 +223,39 @@ async def test_injected_faults(cellfactory, fault, expect):
     assert c.cell.datalog.finalised
     # recover with a reset
     await c.handler.command("reset", {}, expect="initialized")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ten_thousand_parts_match_the_simulators_ground_truth(cellfactory):
+    c = cellfactory()
+    await c.handler.start()
+    await c.start_sites()
+    up = c.handler.wait_state("initialized", 15)
+    await c.start_master()
+    await up
+    await c.handler.command("load", {"lot_number": LOT}, expect="ready")
+    await run_parts(c.handler, 2500)  # 10 000 parts on 4 sites, unique part ids
+    lot = c.cell.lot
+    truth = c.sim.sites.truth
+    assert lot.parts_tested == truth.part_count == 10_000
+    job = c.cell.job
+    group_of = {b.sbin: b.group for b in job.bins}
+    rows = {(r["name"], r["siteid"]): r for r in lot.yields()}
+    for site in ("0", "1", "2", "3"):
+        n = truth.by_site[site]
+        assert rows[("sum", site)]["count"] == n
+        for group in job.groups():
+            expected = sum(cnt for (s, sb), cnt in truth.by_site_soft_bin.items()
+                           if s == site and group_of[sb] == group)
+            assert rows[(group, site)]["count"] == expected
+            assert rows[(group, site)]["value"] == pytest.approx(expected / n * 100)
+    assert rows[("sum", "-1")]["count"] == 10_000
+    for row in lot.bintable():
+        for sc in row["siteCounts"]:
+            assert sc["count"] == truth.by_site_soft_bin[(sc["siteId"], row["sBin"])]
+    await c.handler.command("unload", {}, expect="initialized")
+    import json
+    summary_path = c.cell.datalog.path[:-len(".stdf")] + ".summary.json"
+    with open(summary_path) as f:
+        summary = json.load(f)
+    assert json.dumps(summary).count("10000") >= 1

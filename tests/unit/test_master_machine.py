@@ -510,3 +510,25 @@ def test_crash_in_unloading_after_summary_is_expected(tmp_path):
     assert h.state == "unloading"
     h.control("0", "error")
     assert h.state == "softerror"
+
+
+def test_bad_record_is_counted_and_the_lot_goes_on(tmp_path):
+    h = Harness(tmp_path)
+    h.to_testing(sites=["0"])
+    h.testapp("0", "testing")
+    h.testapp("0", "idle")
+    bad = {"type": "testresult", "payload": [
+        {"type": "PIR", "HEAD_NUM": 0, "SITE_NUM": 0},
+        {"type": "PTR", "TEST_NUM": "not a number", "HEAD_NUM": 0, "SITE_NUM": 0,
+         "RESULT": 1.0},
+        {"type": "XYZ", "HEAD_NUM": 0},
+        {"type": "PRR", "HEAD_NUM": 0, "SITE_NUM": 0, "PART_FLG": 0, "NUM_TEST": 1,
+         "HARD_BIN": 1, "SOFT_BIN": 1, "X_COORD": 0, "Y_COORD": 0, "TEST_T": 5,
+         "PART_ID": "P0"}]}
+    h.mqtt("TestApp/testresult/site0", bad)
+    assert h.state == "ready"
+    assert h.cell.metrics.bad_records == 2
+    [resp] = [r for r in h.responses() if r["type"] == "next"]
+    assert resp["payload"]["sites"][0]["partid"] == "P0"
+    h.run_part(sites=["0"])
+    assert h.state == "ready" and h.cell.lot.parts_tested == 2
