@@ -157,5 +157,113 @@ def test_operator_ui(served, tmp_path):
             browser.close()
 
 
+def _serve_live() -> None:  # pragma: no cover - runs in the child process
+    """A live cell: private mosquitto, the real master (build_master) and simulated sites
+    whose site 2 TestApp crashes on its third part.  Prints the web port."""
+    import atexit
+    import tempfile
+
+    sys.path[:0] = [REPO]
+    from twisted.internet import reactor
+
+    from ate.config import master_config_from_dict, sim_config_from_dict
+    from ate.sim.sites import SimSitesService
+    from ate.tap import build_master
+    from ate.testing.broker import Mosquitto, free_port
+
+    broker = Mosquitto().start()
+    atexit.register(broker.stop)
+    work = tempfile.mkdtemp(prefix="ate-ui-live-")
+    jobs = os.path.join(work, "jobs")
+    os.makedirs(jobs)
+    shutil.copy(os.path.join(REPO, "tests", "fixtures", "jobs", "le306426001.xml"), jobs)
+    web_port = free_port()
+    cfg = master_config_from_dict({
+        "broker_host": broker.host, "broker_port": broker.port, "device_id": "SCT-81-1F",
+        "sites": ["0", "1", "2", "3"], "Handler": "HTO92-20F", "environment": "F1",
+        "webui_host": "127.0.0.1", "webui_port": web_port, "jobsource": "filesystem",
+        "jobformat": "xml.semi-ate", "filesystemdatasource_path": jobs,
+        "filesystemdatasource_jobpattern": "le#jobname#.xml", "stdf_directory": work,
+        "log_directory": os.path.join(work, "log"), "loglevel": 20,
+    }, source="ui-live")
+    top, _cell = build_master(cfg, reactor)
+    sim = SimSitesService(reactor, sim_config_from_dict({
+        "broker_host": broker.host, "broker_port": broker.port, "device_id": "SCT-81-1F",
+        "sites": ["0", "1", "2", "3"], "test_time": 0.05, "seed": 5,
+        "faults": {"crash_on_part": 3, "fault_site": "2"}}, source="ui-live"))
+    top.startService()
+    sim.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", sim.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    print(web_port, flush=True)
+    reactor.run()
+
+
+@pytest.fixture
+def live():
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve-live"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            proc.kill()
+            raise AssertionError(f"live cell did not start: {line!r} {proc.stderr.read()!r}")
+        yield f"http://127.0.0.1:{int(line)}"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_operator_ui_live_master(live):
+    """The UI against the real master and simulated sites: a load through the UI, states
+    changing on screen during the lot, and a site crash shown with its site and reason."""
+    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright for Python not installed")
+    expect = playwright.expect
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(live + "/")
+            expect(page.locator("#conn")).to_have_text("online", timeout=20_000)
+            expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
+            page.fill("#lot-input", LOT)
+            page.click("#btn-load")
+            expect(page.locator("#state")).to_have_text("ready", timeout=20_000)
+            expect(page.locator("#lot-number")).to_have_text(LOT)
+            expect(page.locator("#site-1 [data-role=control]")).to_have_text("busy")
+            seen = set()
+            page.click("#btn-next")
+            for _ in range(50):  # testing shows on screen while the part runs (50 ms)
+                seen.add(page.locator("#state").text_content())
+                if "ready" in seen and len(seen) > 1:
+                    break
+                page.wait_for_timeout(10)
+            expect(page.locator("#state")).to_have_text("ready")
+            expect(page.locator("#parts-table tbody tr")).to_have_count(4)
+            page.click("#btn-next")
+            expect(page.locator("#parts-table tbody tr")).to_have_count(8)
+            expect(page.locator('#yield-table tr[data-group="sum"] td[data-site="-1"]')
+                   ).to_contain_text("8")
+            # the third part: site 2's TestApp crashes
+            page.click("#btn-next")
+            expect(page.locator("#state")).to_have_text("softerror", timeout=20_000)
+            expect(page.locator("#errors")).to_contain_text("testapp 2 crashed")
+            expect(page.locator("#site-2")).to_have_class("site has-error")
+            page.click("#btn-reset")
+            expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
     _serve()
+if __name__ == "__main__" and sys.argv[1:] == ["serve-live"]:
+    _serve_live()
