@@ -57,9 +57,16 @@ class Router:
         for kind in _ECHOES:
             handlers[kind] = _drop
         self._handlers = handlers
+        self._echoes: dict[str, tuple[bytes, str, str]] = {}
 
     def received(self, topic: str, payload: bytes) -> None:
         """paho's on_message, on the reactor thread."""
+        echo = self._echoes.get(topic)
+        if echo is not None and echo[0] == payload and \
+                self.cell.tracker.control_state(echo[1]) == echo[2]:
+            # Control apps re-publish their state on every Master/status (protocol §2.5):
+            # the same bytes while the master still knows that state are a no-op
+            return
         try:
             msg = self.codec.decode(topic, payload)
         except ProtocolError as e:
@@ -67,6 +74,11 @@ class Router:
             return
         if msg is None:
             self.log.debug("ignored message on {topic}", topic=topic)
+            return
+        if type(msg) is m.ControlStatus:
+            self._control_status(msg)
+            if self.cell.tracker.control_state(msg.site) == msg.state:
+                self._echoes[topic] = (payload, msg.site, msg.state)
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
@@ -78,6 +90,8 @@ class Router:
 
     def _control_status(self, msg: m.ControlStatus) -> None:
         self.cell.control_status(msg.site, msg.state, msg.error_message)
+
+
 
     def _testapp_status(self, msg: m.TestAppStatus) -> None:
         self.cell.testapp_status(msg.site, msg.state)

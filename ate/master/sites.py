@@ -73,6 +73,11 @@ class SiteTracker:
             for s in self._sites.values()
         }
 
+    def control_state(self, site: str) -> str | None:
+        """The last known Control state of ``site`` (None when unknown)."""
+        s = self._sites.get(site)
+        return s.control if s is not None else None
+
     def unavailable(self) -> list[str]:
         """Sites whose Control app is not idle (e.g. still resetting) in initialized."""
         return [s.id for s in self._sites.values() if s.control != "idle"]

@@ -455,10 +455,15 @@ def _jtype(value: Any) -> str:
     return _JTYPES.get(type(value), type(value).__name__)
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def _loads(topic: str, payload: bytes, site: str | None = None) -> dict:
     """Parse one JSON object or raise ``ProtocolError(kind="not-json")``."""
     try:
-        obj = json.loads(payload)
+        # UTF-8 only (protocol §0): decoding first skips json's encoding detection
+        obj = _json_decode(payload.decode("utf-8") if type(payload) is bytes
+                           else bytes(payload).decode("utf-8"))
     except (ValueError, RecursionError, TypeError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ProtocolError(

@@ -532,3 +532,17 @@ def test_bad_record_is_counted_and_the_lot_goes_on(tmp_path):
     assert resp["payload"]["sites"][0]["partid"] == "P0"
     h.run_part(sites=["0"])
     assert h.state == "ready" and h.cell.lot.parts_tested == 2
+
+
+def test_identical_idle_after_reset_still_resyncs(tmp_path):
+    """The router skips byte-identical Control echoes only while the master still knows
+    that state: after a reset (states preset to resetting) the same idle bytes count."""
+    h = Harness(tmp_path)
+    h.to_initialized()
+    for s in h.sites:
+        h.control(s, "idle")  # echoes: skipped
+    h.handler("reset")
+    assert h.state == "connecting"
+    for s in h.sites:
+        h.control(s, "idle")  # same bytes as before the reset
+    assert h.state == "initialized"
