@@ -106,6 +106,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True) 
                  "sites together (protocol.md 6.4)", t=cfg.tester_type)
 
     logs = LogBuffer(level=cfg.loglevel, log_directory=cfg.log_directory, clock=reactor)
+    writer = None
     if observe_logs:
         globalLogPublisher.addObserver(logs)
         try:
@@ -147,6 +148,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True) 
         logs=logs,
         run_in_thread=run_in_thread,
     )
+    cell.log_file = writer
     holder["cell"] = cell
     holder["router"] = Router(cell)
     mqtt.setServiceParent(top)  # started first, stopped last

@@ -94,6 +94,7 @@ class Cell:
         self.job_source = job_source
         self.settings = settings
         self.logs = logs
+        self.log_file: Any = None  # the log file writer, when the tap made one
         self.run_in_thread = run_in_thread
         self.wallclock = wallclock
         self.sites: tuple[str, ...] = tuple(config.sites)
@@ -327,6 +328,8 @@ class Cell:
         self.loglevel = level
         if self.logs is not None:
             self.logs.set_level(level)
+        if self.log_file is not None:
+            self.log_file.set_level(level)
         self._send_loglevel()
         self._emit("usersettings", self.usersettings())
 

@@ -546,3 +546,27 @@ def test_identical_idle_after_reset_still_resyncs(tmp_path):
     for s in h.sites:
         h.control(s, "idle")  # same bytes as before the reset
     assert h.state == "initialized"
+
+
+def test_setloglevel_reaches_sites_buffer_and_log_file(tmp_path):
+    from ate.master.logs import LogBuffer
+
+    class Writer:
+        level = 30
+
+        def set_level(self, level):
+            self.level = level
+
+    h = Harness(tmp_path)
+    h.cell.logs = LogBuffer(level=30)
+    h.cell.log_file = Writer()
+    h.to_initialized()
+    h.pub.take()
+    h.cell.set_loglevel(10)
+    sent = h.pub.take()
+    assert [(t.split("/", 2)[2], p["level"]) for t, p in sent] == [
+        ("TestApp/cmd", 10), ("Control/cmd", 10)]
+    assert h.cell.logs.level == 10 and h.cell.log_file.level == 10
+    with pytest.raises(ValueError):
+        h.cell.set_loglevel(15)
+    assert h.cell.loglevel == 10
