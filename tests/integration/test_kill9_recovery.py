@@ -4,34 +4,19 @@
 from __future__ import annotations
 
 import glob
-import io
 import os
 
 import pytest_twisted
-from pystdf.IO import Parser
 
 from ate.config import sim_config_from_dict
 from ate.sim.sites import SimSitesService
 from ate.testing.peers import HandlerClient
 from test_twistd import DEVICE, spawn
+from tests.stdfread import read_stdf
 
 
 def _records(path):
-    out = []
-
-    class Sink:
-        def before_begin(self, ds): pass
-        def after_send(self, ds, data):
-            rt, fields = data
-            out.append((type(rt).__name__, dict(zip(rt.fieldNames, fields))))
-        def before_complete(self, ds): pass
-        def after_complete(self, ds): pass
-
-    with open(path, "rb") as f:
-        p = Parser(inp=io.BytesIO(f.read()))
-    p.addSink(Sink())
-    p.parse()
-    return out
+    return [(name.capitalize(), fields) for name, fields in read_stdf(path)]
 
 
 @pytest_twisted.ensureDeferred

@@ -3,40 +3,14 @@ pystdf, the independent reader (issue: 'an STDF datalog that survives anything')
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from pystdf.IO import Parser
 
 from cellharness import Harness
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict]] = []
-
-    def before_begin(self, dataSource):
-        pass
-
-    def after_send(self, dataSource, data):
-        rectype, fields = data
-        self.records.append((type(rectype).__name__, dict(zip(rectype.fieldNames, fields))))
-
-    def before_complete(self, dataSource):
-        pass
-
-    def after_complete(self, dataSource):
-        pass
+from tests.stdfread import read_stdf
 
 
 def read(path: str) -> list[tuple[str, dict]]:
-    with open(path, "rb") as f:
-        data = f.read()
-    parser = Parser(inp=io.BytesIO(data))
-    sink = _Collect()
-    parser.addSink(sink)
-    parser.parse()
-    return sink.records
+    return [(name.capitalize(), fields) for name, fields in read_stdf(path)]
 
 
 def ended_by_unload(h):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -13,7 +12,6 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pystdf.IO import Parser
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
@@ -22,6 +20,7 @@ from ate.stdf import records as R
 from ate.stdf.records import RecordError, encode
 from ate.stdf.sink import Datalog
 
+from tests.stdfread import pystdf_records
 from tests.unit.test_lot import BINS, HBIN, SITES, make_job, result
 
 SETUP_T = 1795544990.0
@@ -30,20 +29,6 @@ SETUP_T = 1795544990.0
 # -- helpers -----------------------------------------------------------------------------
 
 
-def pystdf_records(data: bytes) -> list[tuple[str, dict]]:
-    """Parse STDF bytes with pystdf; return [(RECORD NAME, {field: value})]."""
-    out: list[tuple[str, dict]] = []
-
-    class Collector:
-        def after_send(self, source, item):
-            rec_type, fields = item
-            out.append((type(rec_type).__name__.upper(),
-                        dict(zip(rec_type.fieldNames, fields))))
-
-    parser = Parser(inp=io.BytesIO(data))
-    parser.addSink(Collector())
-    parser.parse()
-    return out
 
 
 def read_file(path: str) -> list[tuple[str, dict]]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 
 import pytest
-from pystdf.IO import Parser
 from twisted.internet.task import Clock
 
 from ate.master.lot import Lot
@@ -15,24 +13,12 @@ from ate.stdf import records as R
 from ate.stdf.recover import RECOVERED, recover_directory
 from ate.stdf.sink import Datalog
 
+from tests.stdfread import pystdf_records
 from tests.unit.test_lot import BINS, SITES, make_job, result
 
 SETUP_T = 1795544990.0
 
 
-def pystdf_records(data: bytes) -> list[tuple[str, dict]]:
-    out: list[tuple[str, dict]] = []
-
-    class Collector:
-        def after_send(self, source, item):
-            rec_type, fields = item
-            out.append((type(rec_type).__name__.upper(),
-                        dict(zip(rec_type.fieldNames, fields))))
-
-    parser = Parser(inp=io.BytesIO(data))
-    parser.addSink(Collector())
-    parser.parse()
-    return out
 
 
 def cycles(n: int) -> list[list[tuple[str, list[dict]]]]:
