@@ -71,21 +71,27 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
     reactor.run()
 
 
-@pytest.fixture
-def served():
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve"],
+def _child(command: str, what: str):
+    """Run this file as ``command`` in a child process; yield the URL of the port it
+    prints; stop it by its PID."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), command],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else b""
         if not line.strip().isdigit():
             proc.kill()
-            raise AssertionError(f"site did not start: {line!r} {proc.stderr.read()!r}")
+            raise AssertionError(f"{what} did not start: {line!r} {proc.stderr.read()!r}")
         yield f"http://127.0.0.1:{int(line)}"
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def served():
+    yield from _child("serve", "site")
 
 
 def test_operator_ui(served, tmp_path):
@@ -201,19 +207,7 @@ def _serve_live() -> None:  # pragma: no cover - runs in the child process
 
 @pytest.fixture
 def live():
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve-live"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            proc.kill()
-            raise AssertionError(f"live cell did not start: {line!r} {proc.stderr.read()!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    yield from _child("serve-live", "live cell")
 
 
 def test_operator_ui_live_master(live):
