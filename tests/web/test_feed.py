@@ -434,12 +434,35 @@ def test_coalesced_broadcasts_arrive_in_order_as_one_write(cell):
         for i in range(5):
             srv.feed.broadcast("testresult", {"n": i})
         yield deferLater(srv.reactor, 0.05)
-        assert len(client.raw) == raw_before  # held until the turn's flush
-        srv.clock.advance(0)
+        assert len(client.raw) == raw_before  # held until the flush
+        srv.clock.advance(srv.feed.flush_delay)
         got = []
         while len(got) < 5:
             msg = yield client.next_of("testresult")
             got.append(msg["payload"]["n"])
         assert got == [0, 1, 2, 3, 4]
+    finally:
+        yield srv.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_coalesced_status_and_batches_once_per_flush(cell):
+    srv = Server(cell, coalesce=True)
+    try:
+        client = yield srv.connect()
+        yield client.next_of("status")
+        yield deferLater(srv.reactor, 0.05)
+        mark = len(client.raw)
+        for _ in range(3):
+            srv.feed._cell_event("status", None)
+            srv.feed._cell_event("sites", None)
+            srv.feed._cell_event("part", 0.01)
+        yield deferLater(srv.reactor, 0.05)
+        assert len(client.raw) == mark
+        srv.clock.advance(srv.feed.flush_delay)
+        msg = yield client.next_message()
+        yield deferLater(srv.reactor, 0.05)
+        assert msg["type"] == "status"
+        assert len(client.raw) - mark == 1  # three status changes, one message (no lot)
     finally:
         yield srv.close()
