@@ -1,0 +1,712 @@
+"""A pure-Twisted MQTT 3.1.1 client link (an alternative to L{ReactorPaho}).
+
+L{TwistedLink} speaks MQTT 3.1.1 itself over a Twisted transport, so the
+reactor reads whole socket chunks and the parser slices packets out of them
+with C{memoryview}s: no byte-wise C{recv}, no per-packet objects, no locks
+or condition variables. It honours the same link contract as
+L{ate.mqtt.reactorpaho.ReactorPaho} and reports to the same
+L{ate.mqtt.reactorpaho.LinkListener}; it mirrors paho's behaviour where the
+service can see it:
+
+- C{connect()} opens TCP (or TLS) through a Twisted endpoint, sets
+  TCP_NODELAY, writes CONNECT (MQTT 3.1.1, clean session, keepalive,
+  credentials, a non-retained last will) and fires; the CONNACK is read in a
+  later reactor turn and reported with C{linkConnected(accepted, reason)}.
+  A refused CONNACK is followed by the connection closing (C{linkLost}).
+- C{publish()} returns a mid (1..65535, shared with SUBSCRIBE, skipping mids
+  still unacked). QoS 0 is written at once and C{linkPublished(mid)} follows
+  in a later reactor turn (after C{publish} has returned, so the caller can
+  register the mid first). QoS 1/2 messages use an in-flight window of 20
+  (see L{ate.mqtt.reactorpaho.make_paho_client} for why 20); beyond it they
+  wait in a FIFO queue. C{linkPublished(mid)} fires on PUBACK / PUBCOMP.
+- A QoS 1/2 message unacked when the connection drops is kept and sent again
+  (with DUP when it had been sent) after the next accepted CONNACK, as paho
+  does with a clean session; QoS 0 messages are never kept.
+- Incoming QoS 1 is delivered, then PUBACKed; incoming QoS 2 is answered
+  with PUBREC, held until PUBREL, delivered once, then PUBCOMPed (a
+  duplicate PUBLISH before the PUBREL replaces the held one).
+- Keepalive: a PINGREQ goes out when nothing was sent or nothing was
+  received for C{keepalive} seconds; the connection is dropped if no PINGRESP
+  arrives within another C{keepalive} seconds.
+- C{disconnect()} writes DISCONNECT and closes; C{abort()} drops the
+  connection without DISCONNECT. Both end with C{linkLost}.
+- A malformed or unexpected packet aborts the connection; C{linkLost} names
+  the problem. Nothing raises out of C{dataReceived}; listener exceptions are
+  logged with C{log.failure} (like paho's guarded callbacks).
+
+TLS (C{options.tls}): C{tls_ca} (a PEM file, may hold several certificates)
+replaces the platform trust store; C{tls_cert} / C{tls_key} (PEM) give a
+client certificate (the key may be in the certificate file). With
+C{tls_insecure} the broker's certificate chain is still verified but its
+host name is not, which is what paho's C{tls_insecure_set(True)} does.
+Unlike paho, the TLS handshake completes after C{connect()} has fired, so a
+handshake failure shows up as C{linkLost} before the CONNACK rather than as
+a failed connect; the service retries either way.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ate.mqtt.reactorpaho import LinkListener, MqttLinkError
+
+__all__ = ["TwistedLink", "create", "link_factory_for", "encode_remaining_length"]
+
+WINDOW = 20  # in-flight outgoing QoS 1/2 messages (see make_paho_client)
+CONNECT_TIMEOUT = 10.0  # seconds for TCP connect (DNS included)
+MAX_REMAINING_LENGTH = 268_435_455
+
+_H = struct.Struct(">H")
+_pack_H = _H.pack
+_ACK = struct.Struct(">BBH").pack  # PUBACK / PUBREC / PUBREL / PUBCOMP
+_PINGREQ = b"\xc0\x00"
+_DISCONNECT = b"\xe0\x00"
+
+_CONNACK_REASONS = {
+    1: "Unsupported protocol version",
+    2: "Client identifier not valid",
+    3: "Server unavailable",
+    4: "Bad user name or password",
+    5: "Not authorized",
+}
+
+_SMALL_LENGTHS = [bytes((n,)) for n in range(128)]
+
+
+def encode_remaining_length(n: int) -> bytes:
+    """MQTT variable-length encoding of a packet's remaining length."""
+    if n < 128:
+        if n < 0:
+            raise ValueError(f"remaining length must be >= 0, got {n}")
+        return _SMALL_LENGTHS[n]
+    if n > MAX_REMAINING_LENGTH:
+        raise ValueError(f"packet too large for MQTT: remaining length {n} > {MAX_REMAINING_LENGTH}")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _utf8(what: str, value: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > 65535:
+        raise ValueError(f"{what} is longer than 65535 bytes in UTF-8")
+    return _pack_H(len(raw)) + raw
+
+
+def _binary(what: str, value: bytes) -> bytes:
+    if len(value) > 65535:
+        raise ValueError(f"{what} is longer than 65535 bytes")
+    return _pack_H(len(value)) + bytes(value)
+
+
+def connect_packet(client_id: str, keepalive: int, will: tuple[str, bytes, int] | None,
+                   username: str | None, password: str | bytes | None) -> bytes:
+    """The CONNECT packet: MQTT 3.1.1, clean session, non-retained will."""
+    flags = 0x02  # clean session
+    payload = [_utf8("client id", client_id)]
+    if will is not None:
+        topic, message, qos = will
+        flags |= 0x04 | (qos << 3)
+        payload.append(_utf8("will topic", topic))
+        payload.append(_binary("will message", message))
+    if username is not None:
+        flags |= 0x80
+        payload.append(_utf8("user name", username))
+        if password is not None:
+            flags |= 0x40
+            raw = password.encode("utf-8") if isinstance(password, str) else password
+            payload.append(_binary("password", raw))
+    if not 0 <= keepalive <= 65535:
+        raise ValueError(f"keepalive must be 0..65535, got {keepalive}")
+    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + _pack_H(keepalive) + b"".join(payload)
+    return b"\x10" + encode_remaining_length(len(body)) + body
+
+
+class _Out:
+    """An outgoing QoS 1/2 message until its PUBACK / PUBCOMP."""
+
+    __slots__ = ("mid", "qos", "packet", "sent", "dup", "released")
+
+    def __init__(self, mid: int, qos: int, packet: bytes) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.packet = packet
+        self.sent = False  # written on the current connection (counts in the window)
+        self.dup = False  # written on an earlier connection: resend with DUP
+        self.released = False  # QoS 2: PUBREC received, PUBREL written
+
+
+class _Connection(Protocol):
+    """One TCP/TLS connection; forwards to its link until detached."""
+
+    def __init__(self, link: "TwistedLink") -> None:
+        self.link: TwistedLink | None = link
+
+    def connectionMade(self) -> None:
+        if self.link is not None:
+            self.link._connectionMade(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        link = self.link
+        if link is not None:
+            try:
+                link._dataReceived(self, data)
+            except Exception:  # a bug in the parser: never into the reactor
+                link.log.failure("MQTT link: reading failed; dropping the connection")
+                link._protocolError(self, "internal error while reading")
+
+    def connectionLost(self, reason: Failure) -> None:
+        link, self.link = self.link, None
+        if link is not None:
+            link._connectionLost(self, reason)
+
+
+class TwistedLink:
+    """One MQTT 3.1.1 client session on Twisted; see the module docstring.
+
+    @param reactor: provides C{callLater}/C{seconds} (and TCP for the default
+        endpoint).
+    @param endpoint: an C{IStreamClientEndpoint} to use instead of the one
+        built from C{options} (tests).
+    """
+
+    log = Logger(namespace="ate.mqtt.twistedlink")
+
+    def __init__(self, reactor: Any, options: Any, client_id: str,
+                 will: tuple[str, bytes, int] | None, listener: LinkListener,
+                 *, endpoint: Any = None, window: int = WINDOW) -> None:
+        self._reactor = reactor
+        self._options = options
+        self.listener = listener
+        self._endpoint = endpoint
+        self._window = window
+        self._keepalive = int(options.keepalive)
+        username = options.username
+        self._connectPacket = connect_packet(
+            client_id, self._keepalive, will, username,
+            options.password if username is not None else None)
+        # session state (survives reconnects)
+        self._lastMid = 0
+        self._out: dict[int, _Out] = {}  # unacked QoS 1/2, in publish order
+        self._queue: deque[_Out] = deque()  # not yet written on this connection
+        self._inflight = 0
+        self._q0: list[int] = []  # QoS 0 mids written, linkPublished pending
+        self._q0Call: Any = None
+        # connection state
+        self._conn: _Connection | None = None
+        self._transport: Any = None
+        self._connecting = False
+        self._reading = False  # still processing incoming packets
+        self._gotConnack = False
+        self._open = False  # CONNACK accepted and not closing
+        self._lostReason: str | None = None
+        self._buf = bytearray()
+        self._need = 2
+        self._inQos2: dict[int, tuple[str, bytes]] = {}
+        self._lastIn = 0.0
+        self._lastOut = 0.0
+        self._pingSentAt: float | None = None
+        self._kaCall: Any = None
+
+    # -- link contract --------------------------------------------------
+
+    def start(self) -> None:
+        """Nothing to start: timers run only while a connection is open."""
+
+    def stop(self) -> None:
+        """Cancel timers and pending QoS 0 notifications (idempotent)."""
+        self._cancelKeepalive()
+        self._dropQ0()
+
+    def connect(self) -> Deferred[None]:
+        """Open the connection and write CONNECT; fires once CONNECT is written."""
+        if self._connecting:
+            raise MqttLinkError("connect: a connection attempt is already running")
+        old = self._conn
+        if old is not None:  # a leftover connection: drop it silently
+            self._detach(old)
+            old.link = None
+            transport = old.transport
+            if transport is not None:
+                transport.abortConnection()
+        self._connecting = True
+        endpoint = self._endpoint if self._endpoint is not None else self._makeEndpoint()
+        d = connectProtocol(endpoint, _Connection(self))
+
+        def done(result: object) -> object:
+            self._connecting = False
+            if isinstance(result, Failure):
+                return result
+            return None
+
+        d.addBoth(done)
+        return d
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> int:
+        """Write (QoS 0) or queue (QoS 1/2) a PUBLISH; returns its mid.
+
+        Raises ValueError for a bad topic/payload/qos and MqttLinkError for
+        QoS 0 while not connected.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"publish: topic must be a non-empty string, got {topic!r}")
+        if "+" in topic or "#" in topic:
+            raise ValueError(f"publish to {topic!r}: wildcards are not allowed in a topic name")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"publish to {topic!r}: qos must be 0, 1 or 2, got {qos!r}")
+        rawTopic = topic.encode("utf-8")
+        tl = len(rawTopic)
+        if tl > 65535:
+            raise ValueError(f"publish to {topic!r}: topic longer than 65535 bytes")
+        if qos == 0:
+            if not self._open:
+                raise MqttLinkError(f"publish to {topic!r}: not connected")
+            mid = self._nextMid()
+            self._write(b"".join((b"\x30", encode_remaining_length(2 + tl + len(payload)),
+                                  _pack_H(tl), rawTopic, payload)))
+            self._q0.append(mid)
+            if self._q0Call is None:
+                self._q0Call = self._reactor.callLater(0, self._flushQ0)
+            return mid
+        mid = self._nextMid()
+        m = _Out(mid, qos, b"".join((
+            b"\x32" if qos == 1 else b"\x34",
+            encode_remaining_length(4 + tl + len(payload)),
+            _pack_H(tl), rawTopic, _pack_H(mid), payload)))
+        self._out[mid] = m
+        if self._open and not self._queue and self._inflight < self._window:
+            self._send(m)
+        else:
+            self._queue.append(m)
+        return mid
+
+    def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> int | None:
+        """Write one SUBSCRIBE for all filters; returns its mid (None if empty)."""
+        if not subscriptions:
+            return None
+        if self._transport is None or not self._reading:
+            raise MqttLinkError("subscribe: not connected")
+        parts = []
+        for topic, qos in subscriptions:
+            if not topic:
+                raise ValueError("subscribe: empty topic filter")
+            if qos not in (0, 1, 2):
+                raise ValueError(f"subscribe {topic!r}: qos must be 0, 1 or 2, got {qos!r}")
+            parts.append(_utf8(f"topic filter {topic!r}", topic))
+            parts.append(bytes((qos,)))
+        mid = self._nextMid()
+        body = _pack_H(mid) + b"".join(parts)
+        self._write(b"\x82" + encode_remaining_length(len(body)) + body)
+        return mid
+
+    def disconnect(self) -> None:
+        """Write DISCONNECT and close (the broker then drops the will)."""
+        transport = self._transport
+        if transport is None or not self._reading:
+            return
+        self._write(_DISCONNECT)
+        self._stopReading("disconnected")
+        transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT (the broker publishes the will)."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._reading:
+            self._stopReading("connection aborted by the client")
+        transport.abortConnection()
+
+    # -- connection events ----------------------------------------------
+
+    def _makeEndpoint(self) -> Any:
+        o = self._options
+        endpoint = HostnameEndpoint(self._reactor, o.host, o.port, timeout=CONNECT_TIMEOUT)
+        if o.tls:
+            endpoint = wrapClientTLS(tls_connection_creator(o), endpoint)
+        return endpoint
+
+    def _connectionMade(self, conn: _Connection) -> None:
+        transport = conn.transport
+        try:
+            transport.setTcpNoDelay(True)
+        except Exception:  # not a TCP transport (tests, unix sockets)
+            pass
+        self._conn = conn
+        self._transport = transport
+        self._reading = True
+        self._gotConnack = False
+        self._open = False
+        self._lostReason = None
+        self._buf = bytearray()
+        self._need = 2
+        self._inQos2 = {}
+        self._pingSentAt = None
+        now = self._reactor.seconds()
+        self._lastIn = now
+        self._write(self._connectPacket)
+
+    def _connectionLost(self, conn: _Connection, reason: Failure) -> None:
+        if conn is not self._conn:
+            return
+        text = self._lostReason or f"connection lost: {reason.getErrorMessage()}"
+        self._detach(conn)
+        try:
+            self.listener.linkLost(text)
+        except Exception:
+            self.log.failure("MQTT link listener linkLost failed")
+
+    def _detach(self, conn: _Connection) -> None:
+        """Forget the connection; keep unacked QoS 1/2 messages for the next one."""
+        self._conn = None
+        self._transport = None
+        self._reading = False
+        self._open = False
+        self._buf = bytearray()  # a new one: a parse in progress may hold a view
+        self._inQos2 = {}
+        self._cancelKeepalive()
+        self._dropQ0()
+        for m in self._out.values():
+            if m.sent:
+                m.dup = True
+            m.sent = False
+            m.released = False
+        self._queue = deque(self._out.values())
+        self._inflight = 0
+
+    def _stopReading(self, reason: str) -> None:
+        self._reading = False
+        self._open = False
+        if self._lostReason is None:
+            self._lostReason = reason
+        self._cancelKeepalive()
+
+    def _protocolError(self, conn: _Connection, reason: str) -> None:
+        if conn is not self._conn:
+            return
+        self.log.warn("MQTT link: {reason}; dropping the connection", reason=reason)
+        self._stopReading(f"protocol error: {reason}")
+        self._buf = bytearray()
+        transport = self._transport
+        if transport is not None:
+            transport.abortConnection()
+
+    # -- writing --------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._transport.write(data)
+        self._lastOut = self._reactor.seconds()
+
+    def _send(self, m: _Out) -> None:
+        self._inflight += 1
+        m.sent = True
+        if m.dup:
+            packet = m.packet
+            self._write(bytes((packet[0] | 0x08,)) + packet[1:])
+        else:
+            self._write(m.packet)
+
+    def _pump(self) -> None:
+        queue = self._queue
+        while queue and self._open and self._inflight < self._window:
+            self._send(queue.popleft())
+
+    def _nextMid(self) -> int:
+        mid = self._lastMid
+        out = self._out
+        while True:
+            mid = mid + 1 if mid < 65535 else 1
+            if mid not in out:
+                self._lastMid = mid
+                return mid
+            if mid == self._lastMid:
+                raise MqttLinkError("no free message id: 65535 messages unacked")
+
+    def _flushQ0(self) -> None:
+        self._q0Call = None
+        mids, self._q0 = self._q0, []
+        listener = self.listener
+        for mid in mids:
+            try:
+                listener.linkPublished(mid)
+            except Exception:
+                self.log.failure("MQTT link listener linkPublished failed")
+
+    def _dropQ0(self) -> None:
+        call, self._q0Call = self._q0Call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._q0 = []
+
+    # -- keepalive ------------------------------------------------------
+
+    def _cancelKeepalive(self) -> None:
+        call, self._kaCall = self._kaCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._pingSentAt = None
+
+    def _keepaliveDue(self) -> None:
+        self._kaCall = None
+        if not self._open:
+            return
+        ka = self._keepalive
+        now = self._reactor.seconds()
+        if self._pingSentAt is not None:
+            due = self._pingSentAt + ka
+            if now >= due:
+                self.log.warn("MQTT link: no PINGRESP within {keepalive} s", keepalive=ka)
+                self._stopReading(f"keepalive: no PINGRESP within {ka} s")
+                self._transport.abortConnection()
+                return
+        else:
+            due = min(self._lastIn, self._lastOut) + ka
+            if now >= due:
+                self._write(_PINGREQ)
+                self._pingSentAt = now
+                due = now + ka
+        self._kaCall = self._reactor.callLater(due - now, self._keepaliveDue)
+
+    # -- reading --------------------------------------------------------
+
+    def _dataReceived(self, conn: _Connection, data: bytes) -> None:
+        if conn is not self._conn or not self._reading:
+            return
+        self._lastIn = self._reactor.seconds()
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return
+            pos = self._parse(conn, buf)
+            if self._buf is buf:
+                del buf[:pos]
+        else:
+            pos = self._parse(conn, data)
+            if pos < len(data) and self._buf is buf and self._reading:
+                buf += memoryview(data)[pos:]
+
+    def _parse(self, conn: _Connection, data: bytes | bytearray) -> int:
+        """Handle every complete packet in C{data}; returns the bytes consumed."""
+        end = len(data)
+        pos = 0
+        listener = self.listener
+        with memoryview(data) as mv:
+            while self._reading:
+                if end - pos < 2:
+                    self._need = 2
+                    break
+                first = data[pos]
+                b = data[pos + 1]
+                if b < 128:
+                    start = pos + 2
+                    stop = start + b
+                else:
+                    length = b & 0x7F
+                    shift = 7
+                    i = pos + 2
+                    while True:
+                        if i >= end:
+                            length = -1
+                            break
+                        b = data[i]
+                        i += 1
+                        length |= (b & 0x7F) << shift
+                        if b < 128:
+                            break
+                        shift += 7
+                        if shift > 21:
+                            self._protocolError(conn, "remaining length longer than 4 bytes")
+                            return pos
+                    if length < 0:
+                        self._need = 5
+                        break
+                    start = i
+                    stop = start + length
+                if stop > end:
+                    self._need = stop - pos
+                    break
+                if first & 0xF0 == 0x30 and self._gotConnack:  # PUBLISH
+                    qos = (first >> 1) & 3
+                    te = start + 2
+                    if stop >= te:
+                        te += (data[start] << 8) | data[start + 1]
+                    p = te + 2 if qos else te
+                    if p > stop:
+                        self._protocolError(conn, "PUBLISH shorter than its topic and packet id")
+                        return pos
+                    try:
+                        topic = str(mv[start + 2:te], "utf-8")
+                    except UnicodeDecodeError:
+                        self._protocolError(conn, "PUBLISH topic is not valid UTF-8")
+                        return pos
+                    if qos:
+                        mid = (data[te] << 8) | data[te + 1]
+                    payload = bytes(mv[p:stop])
+                    if qos == 0:
+                        try:
+                            listener.linkMessage(topic, payload, 0)
+                        except Exception:
+                            self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                                             topic=topic)
+                    elif qos == 1:
+                        try:
+                            listener.linkMessage(topic, payload, 1)
+                        except Exception:
+                            self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                                             topic=topic)
+                        if self._transport is not None:
+                            self._write(_ACK(0x40, 2, mid))
+                    elif qos == 2:
+                        self._inQos2[mid] = (topic, payload)
+                        self._write(_ACK(0x50, 2, mid))
+                    else:
+                        self._protocolError(conn, "PUBLISH with QoS 3")
+                        return pos
+                else:
+                    self._control(conn, first, data, start, stop)
+                pos = stop
+        return pos
+
+    def _control(self, conn: _Connection, first: int, data: Any, start: int, stop: int) -> None:
+        """Every packet but an accepted session's PUBLISH."""
+        length = stop - start
+        if not self._gotConnack:
+            if first != 0x20:
+                self._protocolError(conn, f"expected CONNACK, got packet type {first >> 4}")
+                return
+            if length != 2:
+                self._protocolError(conn, f"CONNACK with remaining length {length}")
+                return
+            self._connack(conn, data[start + 1])
+            return
+        if first == 0xD0 and length == 0:  # PINGRESP
+            self._pingSentAt = None
+            return
+        if first in (0x40, 0x50, 0x62, 0x70) or first == 0xB0:
+            if length != 2:
+                self._protocolError(conn, f"packet type {first >> 4} with remaining length {length}")
+                return
+            mid = (data[start] << 8) | data[start + 1]
+            if first == 0x40:  # PUBACK
+                self._acked(mid, 1)
+            elif first == 0x50:  # PUBREC
+                m = self._out.get(mid)
+                if m is not None and m.qos == 2 and m.sent:
+                    m.released = True
+                self._write(_ACK(0x62, 2, mid))
+            elif first == 0x62:  # PUBREL
+                held = self._inQos2.pop(mid, None)
+                if held is not None:
+                    try:
+                        self.listener.linkMessage(held[0], held[1], 2)
+                    except Exception:
+                        self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                                         topic=held[0])
+                if self._transport is not None:
+                    self._write(_ACK(0x70, 2, mid))
+            elif first == 0x70:  # PUBCOMP
+                self._acked(mid, 2)
+            return  # UNSUBACK: we never unsubscribe
+        if first == 0x90 and length >= 3:  # SUBACK
+            mid = (data[start] << 8) | data[start + 1]
+            failures = ["Unspecified error" for i in range(start + 2, stop)
+                        if data[i] not in (0, 1, 2)]
+            try:
+                self.listener.linkSubscribed(mid, failures)
+            except Exception:
+                self.log.failure("MQTT link listener linkSubscribed failed")
+            return
+        self._protocolError(
+            conn, f"unexpected packet type {first >> 4} (flags {first & 15:#x}, length {length})")
+
+    def _connack(self, conn: _Connection, rc: int) -> None:
+        self._gotConnack = True
+        listener = self.listener
+        if rc != 0:
+            reason = _CONNACK_REASONS.get(rc, f"Unknown CONNACK code {rc}")
+            self._stopReading(f"broker refused the connection: {reason}")
+            try:
+                listener.linkConnected(False, reason)
+            except Exception:
+                self.log.failure("MQTT link listener linkConnected failed")
+            if self._transport is not None:
+                self._transport.loseConnection()
+            return
+        self._open = True
+        self._pingSentAt = None
+        if self._keepalive > 0:
+            self._kaCall = self._reactor.callLater(self._keepalive, self._keepaliveDue)
+        try:
+            listener.linkConnected(True, "Success")
+        except Exception:
+            self.log.failure("MQTT link listener linkConnected failed")
+        self._pump()
+
+    def _acked(self, mid: int, qos: int) -> None:
+        m = self._out.get(mid)
+        if m is None or m.qos != qos or not m.sent:
+            return  # stale (an earlier connection's) or unknown: ignore
+        del self._out[mid]
+        self._inflight -= 1
+        self._pump()
+        try:
+            self.listener.linkPublished(mid)
+        except Exception:
+            self.log.failure("MQTT link listener linkPublished failed")
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read()
+
+
+def tls_connection_creator(options: Any) -> Any:
+    """The client TLS settings for C{options} (see the module docstring)."""
+    from twisted.internet import ssl
+
+    trust = None
+    if options.tls_ca:
+        pem = _read(options.tls_ca)
+        end = "-----END CERTIFICATE-----"
+        blocks = [block + end for block in pem.split(end) if "-----BEGIN CERTIFICATE-----" in block]
+        if not blocks:
+            raise ValueError(f"tls_ca {options.tls_ca!r}: no PEM certificate found")
+        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+    client = None
+    if options.tls_cert:
+        cert = _read(options.tls_cert)
+        key = _read(options.tls_key) if options.tls_key else cert
+        client = ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
+    if options.tls_insecure:
+        extra: dict[str, Any] = {}
+        if client is not None:
+            extra = dict(privateKey=client.privateKey.original, certificate=client.original)
+        return ssl.CertificateOptions(trustRoot=trust if trust is not None else ssl.platformTrust(),
+                                      **extra)
+    return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
+
+
+def create(reactor: Any, options: Any, client_id: str,
+           will: tuple[str, bytes, int] | None, listener: LinkListener) -> TwistedLink:
+    """Link factory for L{ate.mqtt.MqttService} (same signature as ReactorPaho.create)."""
+    return TwistedLink(reactor, options, client_id, will, listener)
+
+
+def link_factory_for(options: Any) -> Any:
+    """The link factory to use for C{options}: this module's L{create}."""
+    return create
