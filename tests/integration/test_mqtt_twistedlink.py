@@ -5,6 +5,8 @@ The same checks as test_mqtt.py (the paho link), with C{link_factory=twistedlink
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import threading
 
 import pytest_twisted
@@ -13,6 +15,7 @@ from twisted.internet.defer import Deferred
 from ate.config import MqttOptions
 from ate.mqtt import MqttService
 from ate.mqtt import twistedlink
+from ate.testing.broker import Mosquitto
 
 TIMEOUT = 10.0
 
@@ -21,7 +24,7 @@ class Client:
     """An MqttService plus a record of everything its callbacks saw."""
 
     def __init__(self, reactor, broker, client_id, subscriptions=(), will=None,
-                 backoff=(0.1, 0.5)):
+                 backoff=(0.1, 0.5), **options):
         self.reactor = reactor
         self.messages: list[tuple[str, bytes]] = []
         self.events: list[str] = []
@@ -29,7 +32,7 @@ class Client:
         self._waiters: list[tuple[object, Deferred]] = []
         self.service = MqttService(
             reactor,
-            MqttOptions(host=broker.host, port=broker.port, keepalive=10),
+            MqttOptions(host=broker.host, port=broker.port, keepalive=10, **options),
             client_id,
             will=will,
             subscriptions=subscriptions,
@@ -177,3 +180,124 @@ async def test_no_will_after_clean_stop_and_final_publish_acked(reactor, mosquit
     await watcher.until(lambda: (WILL[0], b"marker") in watcher.messages)
     assert watcher.messages == [(WILL[0], b"master stopped"), (WILL[0], b"marker")]
     await watcher.stop()
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+def _write_pki(directory):
+    """A CA and two server certificates: one for 127.0.0.1, one for another name."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def key_pem(key):
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("ate test CA")).issuer_name(name("ate test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": directory / "ca.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for label, san in (("good", x509.IPAddress(ipaddress.ip_address("127.0.0.1"))),
+                       ("wrongname", x509.DNSName("other.example"))):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(label)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        paths[label] = directory / f"{label}.pem"
+        paths[label].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[label + "_key"] = directory / f"{label}.key"
+        paths[label + "_key"].write_bytes(key_pem(key))
+    return paths
+
+
+def _tls_broker(paths, label):
+    broker = Mosquitto(extra_config=[f"cafile {paths['ca']}", f"certfile {paths[label]}",
+                                     f"keyfile {paths[label + '_key']}"])
+    broker.start()
+    return broker
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_round_trip_with_private_ca(reactor, tmp_path, no_logged_errors):
+    paths = _write_pki(tmp_path)
+    broker = _tls_broker(paths, "good")
+    try:
+        c = Client(reactor, broker, "tl.tls", subscriptions=[("ate/IT/tls", 2)],
+                   tls=True, tls_ca=str(paths["ca"]))
+        await c.start()
+        try:
+            await c.service.publish("ate/IT/tls", b"secret", 2).addTimeout(TIMEOUT, reactor)
+            await c.until(lambda: ("ate/IT/tls", b"secret") in c.messages)
+        finally:
+            await c.stop()
+    finally:
+        broker.stop()
+        broker.cleanup()
+
+
+class _Events:
+    def __init__(self):
+        self.calls = []
+        self.lost: Deferred = Deferred()
+        self.connected: Deferred = Deferred()
+
+    def linkConnected(self, accepted, reason):
+        self.calls.append(("connected", accepted))
+        self.connected.callback(accepted)
+
+    def linkLost(self, reason):
+        self.calls.append(("lost", reason))
+        self.lost.callback(reason)
+
+    def linkMessage(self, topic, payload, qos):
+        pass
+
+    def linkPublished(self, mid):
+        pass
+
+    def linkSubscribed(self, mid, failures):
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_host_name_checked_unless_tls_insecure(reactor, tmp_path):
+    paths = _write_pki(tmp_path)
+    broker = _tls_broker(paths, "wrongname")  # certificate for other.example, not 127.0.0.1
+    try:
+        strict = _Events()
+        link = twistedlink.create(
+            reactor, MqttOptions(host=broker.host, port=broker.port, keepalive=10, tls=True,
+                                 tls_ca=str(paths["ca"])), "tl.strict", None, strict)
+        await link.connect().addTimeout(TIMEOUT, reactor)
+        await strict.lost.addTimeout(TIMEOUT, reactor)
+        assert strict.calls[0][0] == "lost"  # the handshake failed: never a CONNACK
+
+        lax = _Events()
+        link = twistedlink.create(
+            reactor, MqttOptions(host=broker.host, port=broker.port, keepalive=10, tls=True,
+                                 tls_ca=str(paths["ca"]), tls_insecure=True),
+            "tl.insecure", None, lax)
+        await link.connect().addTimeout(TIMEOUT, reactor)
+        assert await lax.connected.addTimeout(TIMEOUT, reactor) is True
+        link.disconnect()
+        await lax.lost.addTimeout(TIMEOUT, reactor)
+    finally:
+        broker.stop()
+        broker.cleanup()
