@@ -121,6 +121,7 @@ class MqttOptions:
     tls_insecure: bool = False
     keepalive: int = 60
     subscribe_qos: int = 0
+    client: str = "twisted"
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,12 @@ class _Reader:
 
     def number(self, key: str, default: Any = _MISSING, *, positive: bool = False) -> float:
         return _check_number(self, key, self.raw(key, default), positive=positive)
+
+    def choice(self, key: str, allowed: Sequence[str], default: Any = _MISSING) -> str:
+        value = self.string(key, default)
+        if value not in allowed:
+            self.fail(key, f"must be one of {', '.join(allowed)}, got {value!r}")
+        return value
 
     def boolean(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)
@@ -524,6 +531,7 @@ def _read_mqtt(
         tls_insecure=r.boolean("mqtt_tls_insecure", False),
         keepalive=r.integer("mqtt_keepalive", 60, minimum=0, maximum=65535),
         subscribe_qos=r.integer("mqtt_subscribe_qos", 0, minimum=0, maximum=2),
+        client=r.choice("mqtt_client", ("twisted", "paho"), "twisted"),
     )
     if options.password is not None and options.username is None:
         r.fail("mqtt_password", "is set but mqtt_username is not")

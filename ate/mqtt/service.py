@@ -332,6 +332,20 @@ def _check_qos(what: str, qos: object) -> None:
         raise ValueError(f"{what}: qos must be 0, 1 or 2, got {qos!r}")
 
 
+def default_link_factory(options: Any) -> Callable[..., Any]:
+    """The network link chosen by ``options.client`` (config ``mqtt_client``).
+
+    ``twisted`` (default): our MQTT 3.1.1 protocol on Twisted (ate/mqtt/twistedlink.py);
+    measured 3-6x less CPU per message than ``paho`` (paho-mqtt on the reactor), which
+    stays available.
+    """
+    if getattr(options, "client", "twisted") == "paho":
+        return ReactorPaho.create
+    from ate.mqtt.twistedlink import create
+
+    return create
+
+
 class MqttService(Service):
     """One MQTT 3.1.1 clean-session connection, kept up until stopped.
 
@@ -383,7 +397,7 @@ class MqttService(Service):
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
-        self._link_factory = link_factory or ReactorPaho.create
+        self._link_factory = link_factory or default_link_factory(options)
         self.connected = False
         self.reconnects = 0
         self._ever_connected = False

@@ -780,3 +780,22 @@ def test_config_module_imports_no_twisted() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_mqtt_client_choice(tmp_path):
+    from ate.config import master_config_from_dict
+    from ate.mqtt.service import default_link_factory
+    from ate.mqtt import twistedlink
+    from ate.mqtt.reactorpaho import ReactorPaho
+
+    base = {"device_id": "D1", "sites": ["0"], "Handler": "H", "jobsource": "filesystem",
+            "jobformat": "xml.semi-ate", "filesystemdatasource_path": str(tmp_path),
+            "filesystemdatasource_jobpattern": "x#jobname#.xml"}
+    cfg = master_config_from_dict(dict(base), source="t")
+    assert cfg.mqtt.client == "twisted"
+    assert default_link_factory(cfg.mqtt) is twistedlink.create
+    cfg = master_config_from_dict(dict(base, mqtt_client="paho"), source="t")
+    assert default_link_factory(cfg.mqtt) == ReactorPaho.create
+    with pytest.raises(ConfigError) as e:
+        master_config_from_dict(dict(base, mqtt_client="hbmqtt"), source="t")
+    assert "mqtt_client" in str(e.value)
