@@ -63,6 +63,11 @@ class Cell:
     async def start_sites(self):
         self.sim = SimSitesService(self.reactor, self.sim_config, client_id="simsites.test")
         self.sim.startService()
+        # connected before the master starts: a Control app connecting in the same instant
+        # as the master's start-up reset may answer it after the master already counted
+        # its connect-time idle, and a load is then refused "busy" until it is idle again
+        # (protocol.md §3.4); that race is the protocol's, not under test here
+        await self.sim.mqtt.whenConnected()
 
     async def stop(self):
         ds = []
