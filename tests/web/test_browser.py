@@ -3,8 +3,8 @@
 The site runs in a child process (this file run as a script) with a scripted fake cell:
 a load goes through ``loading`` to ``ready``; the third ``next`` ends in softerror with a
 site error.  The child listens on a free port of 127.0.0.1, reports it on stdout and is
-stopped by its PID.  Takes a screenshot mid-lot; with ATE_UPDATE_SCREENSHOT=1 it is saved
-as docs/ui-screenshot.png (otherwise in the test's temporary directory).
+stopped by its PID.  The live test (real master, simulated sites) takes a screenshot
+mid-lot; with ATE_UPDATE_SCREENSHOT=1 it is saved as docs/ui-screenshot.png.
 """
 
 from __future__ import annotations
@@ -132,8 +132,7 @@ def test_operator_ui(served, tmp_path):
                    ).to_have_text("8 (100.0%)")
             expect(page.locator('#bin-table tr[data-sbin="1"] td').last).to_have_text("8")
             expect(page.locator("#lotdata")).to_contain_text(LOT)
-            shot = (SCREENSHOT if os.environ.get("ATE_UPDATE_SCREENSHOT") == "1"
-                    else str(tmp_path / "ui.png"))
+            shot = str(tmp_path / "ui.png")
             page.screenshot(path=shot, full_page=True)
             assert os.path.getsize(shot) > 10_000
 
@@ -210,7 +209,7 @@ def live():
     yield from _child("serve-live", "live cell")
 
 
-def test_operator_ui_live_master(live):
+def test_operator_ui_live_master(live, tmp_path):
     """The UI against the real master and simulated sites: a load through the UI, states
     changing on screen during the lot, and a site crash shown with its site and reason."""
     if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
@@ -245,6 +244,11 @@ def test_operator_ui_live_master(live):
             expect(page.locator("#parts-table tbody tr")).to_have_count(8)
             expect(page.locator('#yield-table tr[data-group="sum"] td[data-site="-1"]')
                    ).to_contain_text("8")
+            # the UI mid-lot, with the real master (ATE_UPDATE_SCREENSHOT=1 keeps it in docs/)
+            shot = (SCREENSHOT if os.environ.get("ATE_UPDATE_SCREENSHOT") == "1"
+                    else str(tmp_path / "ui-live.png"))
+            page.screenshot(path=shot, full_page=True)
+            assert os.path.getsize(shot) > 10_000
             # the third part: site 2's TestApp crashes
             page.click("#btn-next")
             expect(page.locator("#state")).to_have_text("softerror", timeout=20_000)
