@@ -1,6 +1,7 @@
 """``twistd -n ate-demo``: a whole test cell in one process.
 
-A private mosquitto broker (``ate.testing.broker.Mosquitto`` on a free 127.0.0.1 port),
+A private broker (``ate.testing.broker.private_broker``: mosquitto, or amqtt where mosquitto
+is not installed) on a free 127.0.0.1 port,
 the master with its web UI, N simulated sites and the handler application driving a
 simulated handler device that runs lots of the demo job (``ate/demodata``) one after the
 other.  Services start in that order (broker first) and stop one after the other in the
@@ -204,7 +205,8 @@ class BrokerService(Service):
 
     def startService(self) -> None:
         self.broker.start()
-        log.info("private mosquitto (pid {pid}) on {host}:{port}", pid=self.broker.pid,
+        log.info("private {kind} broker (pid {pid}) on {host}:{port}",
+                 kind=type(self.broker).__name__.lower(), pid=self.broker.pid,
                  host=self.broker.host, port=self.broker.port)
         super().startService()
 
@@ -327,14 +329,16 @@ def makeService(options: Options, reactor: Any = None) -> DemoService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
     from ate.tap import install_clean_exit
-    from ate.testing.broker import Mosquitto, MosquittoError, find_mosquitto, free_port
+    from ate.testing.broker import MosquittoError, free_port, private_broker
 
     try:
-        find_mosquitto()
+        # mosquitto when installed; else amqtt (pure Python, 2.7x slower: bench/broker.py)
+        broker = private_broker(free_port(), new_session=True)
     except MosquittoError:
-        _fail("mosquitto is not installed; install it with: apt-get install -y mosquitto")
+        _fail("no MQTT broker: install mosquitto (apt-get install -y mosquitto) "
+              "or amqtt (pip install amqtt)")
     try:
-        top, _parts = build_demo(options, reactor, Mosquitto(port=free_port(), new_session=True))
+        top, _parts = build_demo(options, reactor, broker)
     except ConfigError as e:
         _fail(str(e))
     except OSError as e:

@@ -178,7 +178,41 @@ def test_make_service_order_and_configs(tmp_path):
         shutil.rmtree(parts["work_dir"], ignore_errors=True)
 
 
-def test_no_mosquitto_one_line_error(monkeypatch, capsys, tmp_path):
+def test_amqtt_when_mosquitto_is_missing(monkeypatch):
+    import ate.testing.broker as broker_module
+
+    def missing():
+        raise broker_module.MosquittoError("not found")
+
+    monkeypatch.setattr(broker_module, "find_mosquitto", missing)
+    monkeypatch.setattr(broker_module, "find_amqtt", lambda: "/usr/bin/amqtt")
+    broker = broker_module.private_broker(12345, new_session=True)
+    assert type(broker) is broker_module.Amqtt and broker.port == 12345
+
+
+def test_amqtt_broker_runs_a_round_trip():
+    """The fallback broker really brokers (skipped where amqtt is not installed)."""
+    import socket
+
+    import ate.testing.broker as broker_module
+
+    try:
+        broker_module.find_amqtt()
+    except broker_module.MosquittoError:
+        pytest.skip("amqtt not installed")
+    broker = broker_module.Amqtt().start()
+    try:
+        with socket.create_connection((broker.host, broker.port), 5) as s:
+            cid = b"ate-test"
+            body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+            s.sendall(bytes([0x10, len(body)]) + body)
+            assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+    finally:
+        broker.cleanup()
+    assert not broker.running
+
+
+def test_no_broker_one_line_error(monkeypatch, capsys, tmp_path):
     import ate.testing.broker as broker_module
     from ate.demo import makeService
 
@@ -186,6 +220,7 @@ def test_no_mosquitto_one_line_error(monkeypatch, capsys, tmp_path):
         raise broker_module.MosquittoError("not found")
 
     monkeypatch.setattr(broker_module, "find_mosquitto", missing)
+    monkeypatch.setattr(broker_module, "find_amqtt", missing)
     with pytest.raises(SystemExit) as exc:
         makeService(parse("--stdf-dir", str(tmp_path / "d")), reactor=MemoryReactorClock())
     assert exc.value.code == 2
