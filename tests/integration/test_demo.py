@@ -82,7 +82,7 @@ def test_demo_runs_lots_and_exits_cleanly_on_sigterm(tmp_path):
         assert later["device_id"] == "SCT-81-1F" and later["sites"] == ["0", "1", "2", "3"]
         text = output()
         assert f"ate-demo: open http://127.0.0.1:{port}/\n" in text
-        found = re.search(r"private mosquitto \(pid (\d+)\)", text)
+        found = re.search(r"private mosquitto broker \(pid (\d+)\)", text)
         assert found, text
         broker_pid = int(found.group(1))
 
