@@ -1,9 +1,11 @@
-"""MqttService and the paho reactor adapter against a real private mosquitto."""
+"""MqttService against a real private mosquitto, with each link: our MQTT protocol on
+Twisted (``mqtt_client = "twisted"``) and paho-mqtt on the reactor (``"paho"``)."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
@@ -17,7 +19,7 @@ class Client:
     """An MqttService plus a record of everything its callbacks saw."""
 
     def __init__(self, reactor, broker, client_id, subscriptions=(), will=None,
-                 backoff=(0.1, 0.5)):
+                 backoff=(0.1, 0.5), client="twisted", **options):
         self.reactor = reactor
         self.messages: list[tuple[str, bytes]] = []
         self.events: list[str] = []
@@ -25,7 +27,8 @@ class Client:
         self._waiters: list[tuple[object, Deferred]] = []
         self.service = MqttService(
             reactor,
-            MqttOptions(host=broker.host, port=broker.port, keepalive=10),
+            MqttOptions(host=broker.host, port=broker.port, keepalive=10, client=client,
+                        **options),
             client_id,
             will=will,
             subscriptions=subscriptions,
@@ -73,10 +76,17 @@ class Client:
         await self.service.stopService().addTimeout(TIMEOUT, self.reactor)
 
 
+@pytest.fixture(params=["twisted", "paho"])
+def link(request):
+    """Each test runs with both MQTT links."""
+    return request.param
+
+
 @pytest_twisted.ensureDeferred
-async def test_qos2_round_trip_large_payload_on_reactor_thread(reactor, mosquitto,
+async def test_qos2_round_trip_large_payload_on_reactor_thread(reactor, mosquitto, link,
                                                               no_logged_errors):
-    c = Client(reactor, mosquitto, "it.roundtrip", subscriptions=[("ate/IT/#", 2)])
+    c = Client(reactor, mosquitto, "it.roundtrip", client=link,
+                     subscriptions=[("ate/IT/#", 2)])
     await c.start()
     try:
         assert c.service.connected
@@ -97,10 +107,11 @@ async def test_qos2_round_trip_large_payload_on_reactor_thread(reactor, mosquitt
 
 
 @pytest_twisted.ensureDeferred
-async def test_burst_of_2000_qos2_messages_all_delivered_in_order(reactor, mosquitto,
+async def test_burst_of_2000_qos2_messages_all_delivered_in_order(reactor, mosquitto, link,
                                                                   no_logged_errors):
-    receiver = Client(reactor, mosquitto, "it.receiver", subscriptions=[("ate/IT/burst", 2)])
-    sender = Client(reactor, mosquitto, "it.sender")
+    receiver = Client(reactor, mosquitto, "it.receiver", client=link,
+                     subscriptions=[("ate/IT/burst", 2)])
+    sender = Client(reactor, mosquitto, "it.sender", client=link)
     await receiver.start()
     await sender.start()
     try:
@@ -117,8 +128,9 @@ async def test_burst_of_2000_qos2_messages_all_delivered_in_order(reactor, mosqu
 
 
 @pytest_twisted.ensureDeferred
-async def test_broker_killed_and_restarted_reconnects_and_resubscribes(reactor, mosquitto):
-    c = Client(reactor, mosquitto, "it.reconnect", subscriptions=[("ate/IT/after", 2)])
+async def test_broker_killed_and_restarted_reconnects_and_resubscribes(reactor, mosquitto, link):
+    c = Client(reactor, mosquitto, "it.reconnect", client=link,
+                     subscriptions=[("ate/IT/after", 2)])
     await c.start()
     try:
         mosquitto.kill()
@@ -138,10 +150,12 @@ WILL = ("ate/IT/Master/status", b'{"type":"status","state":"crash"}', 2)
 
 
 @pytest_twisted.ensureDeferred
-async def test_will_published_when_socket_dies_without_disconnect(reactor, mosquitto):
-    watcher = Client(reactor, mosquitto, "it.watcher", subscriptions=[("ate/IT/Master/status", 2)])
+async def test_will_published_when_socket_dies_without_disconnect(reactor, mosquitto, link):
+    watcher = Client(reactor, mosquitto, "it.watcher", client=link,
+                     subscriptions=[("ate/IT/Master/status", 2)])
     await watcher.start()
-    victim = Client(reactor, mosquitto, "it.victim", will=WILL, backoff=(30.0, 30.0))
+    victim = Client(reactor, mosquitto, "it.victim", client=link,
+                     will=WILL, backoff=(30.0, 30.0))
     await victim.start()
     try:
         victim.service._link.abort()  # socket shut down, no DISCONNECT sent
@@ -153,11 +167,13 @@ async def test_will_published_when_socket_dies_without_disconnect(reactor, mosqu
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_will_after_clean_stop_and_final_publish_acked(reactor, mosquitto,
+async def test_no_will_after_clean_stop_and_final_publish_acked(reactor, mosquitto, link,
                                                                 no_logged_errors):
-    watcher = Client(reactor, mosquitto, "it.watcher", subscriptions=[("ate/IT/Master/status", 2)])
+    watcher = Client(reactor, mosquitto, "it.watcher", client=link,
+                     subscriptions=[("ate/IT/Master/status", 2)])
     await watcher.start()
-    master = Client(reactor, mosquitto, "it.master", will=WILL)
+    master = Client(reactor, mosquitto, "it.master", client=link,
+                     will=WILL)
     await master.start()
     # the master's last words, then a clean stop
     final = master.service.publish(WILL[0], b"master stopped", 2)
