@@ -90,76 +90,83 @@ def _child(command: str, what: str):
 
 
 @pytest.fixture
-def served():
-    yield from _child("serve", "site")
-
-
-def test_operator_ui(served, tmp_path):
+def ui():
+    """A headless Chromium page (Debian's chromium, driven by Playwright); yields
+    (page, expect, errors) and fails the test on any uncaught page error."""
     if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
         pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api",
                                      reason="playwright for Python not installed")
-    expect = playwright.expect
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(served + "/control")
-            expect(page.locator("#conn")).to_have_text("online")
-            expect(page.locator("#state")).to_have_text("initialized")
-            expect(page.locator("#device-id")).to_have_text("SCT-81-1F")
-            expect(page.locator("#sites .site")).to_have_count(4)
-            expect(page.locator("#settings-table tbody tr")).to_have_count(6)
-
-            # a load through the UI: loading, then ready
-            page.fill("#lot-input", LOT)
-            page.click("#btn-load")
-            expect(page.locator("#state")).to_have_text("loading")
-            expect(page.locator("#state")).to_have_text("ready")
-            expect(page.locator("#lot-number")).to_have_text(LOT)
-            expect(page.locator("#program")).to_have_text("hallsens2_ft1.py")
-            expect(page.locator("#site-0 [data-role=control]")).to_have_text("busy")
-
-            # two parts: results, yield and bins appear
-            page.click("#btn-next")
-            expect(page.locator("#parts-table tbody tr")).to_have_count(4)
-            expect(page.locator("#btn-next")).to_be_enabled()
-            page.click("#btn-next")
-            expect(page.locator("#parts-table tbody tr")).to_have_count(8)
-            expect(page.locator('#yield-table tr[data-group="BT_PASS"] td[data-site="-1"]')
-                   ).to_have_text("8 (100.0%)")
-            expect(page.locator('#bin-table tr[data-sbin="1"] td').last).to_have_text("8")
-            expect(page.locator("#lotdata")).to_contain_text(LOT)
-            shot = str(tmp_path / "ui.png")
-            page.screenshot(path=shot, full_page=True)
-            assert os.path.getsize(shot) > 10_000
-
-            # a refused command shows as a warning with its reason
-            page.fill("#lot-input", LOT)
-            # (the Load button is disabled in ready; submit the form directly)
-            page.locator("#load-form").evaluate("f => f.requestSubmit()")
-            expect(page.locator("#errors")).to_contain_text("load refused")
-
-            # the third part fails on site 2: the error shows its site and reason
-            page.click("#btn-next")
-            expect(page.locator("#state")).to_have_text("softerror")
-            expect(page.locator('#errors li[data-site="2"]')).to_contain_text(
-                "TestApp exited with code 1")
-            expect(page.locator("#errors")).to_contain_text("site 2: TestApp crashed")
-            expect(page.locator("#site-2")).to_have_class("site has-error")
-            expect(page.locator("#parts-table tbody tr.fail")).to_have_count(1)
-            expect(page.locator("#btn-reset")).to_be_enabled()
-
-            # reset back to initialized; log level change reaches the master
-            page.click("#btn-reset")
-            expect(page.locator("#state")).to_have_text("initialized")
-            page.select_option("#loglevel", "10")
-            expect(page.locator("#logs tbody")).to_contain_text("TestApp crashed")
-            assert errors == [], errors
+            yield page, playwright.expect, errors
         finally:
             browser.close()
+
+
+@pytest.fixture
+def served():
+    yield from _child("serve", "site")
+
+
+def test_operator_ui(served, ui, tmp_path):
+    page, expect, errors = ui
+    page.goto(served + "/control")
+    expect(page.locator("#conn")).to_have_text("online")
+    expect(page.locator("#state")).to_have_text("initialized")
+    expect(page.locator("#device-id")).to_have_text("SCT-81-1F")
+    expect(page.locator("#sites .site")).to_have_count(4)
+    expect(page.locator("#settings-table tbody tr")).to_have_count(6)
+
+    # a load through the UI: loading, then ready
+    page.fill("#lot-input", LOT)
+    page.click("#btn-load")
+    expect(page.locator("#state")).to_have_text("loading")
+    expect(page.locator("#state")).to_have_text("ready")
+    expect(page.locator("#lot-number")).to_have_text(LOT)
+    expect(page.locator("#program")).to_have_text("hallsens2_ft1.py")
+    expect(page.locator("#site-0 [data-role=control]")).to_have_text("busy")
+
+    # two parts: results, yield and bins appear
+    page.click("#btn-next")
+    expect(page.locator("#parts-table tbody tr")).to_have_count(4)
+    expect(page.locator("#btn-next")).to_be_enabled()
+    page.click("#btn-next")
+    expect(page.locator("#parts-table tbody tr")).to_have_count(8)
+    expect(page.locator('#yield-table tr[data-group="BT_PASS"] td[data-site="-1"]')
+           ).to_have_text("8 (100.0%)")
+    expect(page.locator('#bin-table tr[data-sbin="1"] td').last).to_have_text("8")
+    expect(page.locator("#lotdata")).to_contain_text(LOT)
+    shot = str(tmp_path / "ui.png")
+    page.screenshot(path=shot, full_page=True)
+    assert os.path.getsize(shot) > 10_000
+
+    # a refused command shows as a warning with its reason
+    page.fill("#lot-input", LOT)
+    # (the Load button is disabled in ready; submit the form directly)
+    page.locator("#load-form").evaluate("f => f.requestSubmit()")
+    expect(page.locator("#errors")).to_contain_text("load refused")
+
+    # the third part fails on site 2: the error shows its site and reason
+    page.click("#btn-next")
+    expect(page.locator("#state")).to_have_text("softerror")
+    expect(page.locator('#errors li[data-site="2"]')).to_contain_text(
+        "TestApp exited with code 1")
+    expect(page.locator("#errors")).to_contain_text("site 2: TestApp crashed")
+    expect(page.locator("#site-2")).to_have_class("site has-error")
+    expect(page.locator("#parts-table tbody tr.fail")).to_have_count(1)
+    expect(page.locator("#btn-reset")).to_be_enabled()
+
+    # reset back to initialized; log level change reaches the master
+    page.click("#btn-reset")
+    expect(page.locator("#state")).to_have_text("initialized")
+    page.select_option("#loglevel", "10")
+    expect(page.locator("#logs tbody")).to_contain_text("TestApp crashed")
+    assert errors == [], errors
 
 
 def _serve_live() -> None:  # pragma: no cover - runs in the child process
@@ -209,56 +216,44 @@ def live():
     yield from _child("serve-live", "live cell")
 
 
-def test_operator_ui_live_master(live, tmp_path):
+def test_operator_ui_live_master(live, ui, tmp_path):
     """The UI against the real master and simulated sites: a load through the UI, states
     changing on screen during the lot, and a site crash shown with its site and reason."""
-    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api",
-                                     reason="playwright for Python not installed")
-    expect = playwright.expect
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(live + "/")
-            expect(page.locator("#conn")).to_have_text("online", timeout=20_000)
-            expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
-            page.fill("#lot-input", LOT)
-            page.click("#btn-load")
-            expect(page.locator("#state")).to_have_text("ready", timeout=20_000)
-            expect(page.locator("#lot-number")).to_have_text(LOT)
-            expect(page.locator("#site-1 [data-role=control]")).to_have_text("busy")
-            seen = set()
-            page.click("#btn-next")
-            for _ in range(50):  # testing shows on screen while the part runs (50 ms)
-                seen.add(page.locator("#state").text_content())
-                if "ready" in seen and len(seen) > 1:
-                    break
-                page.wait_for_timeout(10)
-            expect(page.locator("#state")).to_have_text("ready")
-            expect(page.locator("#parts-table tbody tr")).to_have_count(4)
-            page.click("#btn-next")
-            expect(page.locator("#parts-table tbody tr")).to_have_count(8)
-            expect(page.locator('#yield-table tr[data-group="sum"] td[data-site="-1"]')
-                   ).to_contain_text("8")
-            # the UI mid-lot, with the real master (ATE_UPDATE_SCREENSHOT=1 keeps it in docs/)
-            shot = (SCREENSHOT if os.environ.get("ATE_UPDATE_SCREENSHOT") == "1"
-                    else str(tmp_path / "ui-live.png"))
-            page.screenshot(path=shot, full_page=True)
-            assert os.path.getsize(shot) > 10_000
-            # the third part: site 2's TestApp crashes
-            page.click("#btn-next")
-            expect(page.locator("#state")).to_have_text("softerror", timeout=20_000)
-            expect(page.locator("#errors")).to_contain_text("testapp 2 crashed")
-            expect(page.locator("#site-2")).to_have_class("site has-error")
-            page.click("#btn-reset")
-            expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
-            assert errors == [], errors
-        finally:
-            browser.close()
+    page, expect, errors = ui
+    page.goto(live + "/")
+    expect(page.locator("#conn")).to_have_text("online", timeout=20_000)
+    expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
+    page.fill("#lot-input", LOT)
+    page.click("#btn-load")
+    expect(page.locator("#state")).to_have_text("ready", timeout=20_000)
+    expect(page.locator("#lot-number")).to_have_text(LOT)
+    expect(page.locator("#site-1 [data-role=control]")).to_have_text("busy")
+    seen = set()
+    page.click("#btn-next")
+    for _ in range(50):  # testing shows on screen while the part runs (50 ms)
+        seen.add(page.locator("#state").text_content())
+        if "ready" in seen and len(seen) > 1:
+            break
+        page.wait_for_timeout(10)
+    expect(page.locator("#state")).to_have_text("ready")
+    expect(page.locator("#parts-table tbody tr")).to_have_count(4)
+    page.click("#btn-next")
+    expect(page.locator("#parts-table tbody tr")).to_have_count(8)
+    expect(page.locator('#yield-table tr[data-group="sum"] td[data-site="-1"]')
+           ).to_contain_text("8")
+    # the UI mid-lot, with the real master (ATE_UPDATE_SCREENSHOT=1 keeps it in docs/)
+    shot = (SCREENSHOT if os.environ.get("ATE_UPDATE_SCREENSHOT") == "1"
+            else str(tmp_path / "ui-live.png"))
+    page.screenshot(path=shot, full_page=True)
+    assert os.path.getsize(shot) > 10_000
+    # the third part: site 2's TestApp crashes
+    page.click("#btn-next")
+    expect(page.locator("#state")).to_have_text("softerror", timeout=20_000)
+    expect(page.locator("#errors")).to_contain_text("testapp 2 crashed")
+    expect(page.locator("#site-2")).to_have_class("site has-error")
+    page.click("#btn-reset")
+    expect(page.locator("#state")).to_have_text("initialized", timeout=20_000)
+    assert errors == [], errors
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
