@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,11 +29,10 @@ from ate.stdf.sink import Datalog
 LOG_LEVELS = (10, 20, 30, 40)
 
 
-class Publisher:
-    """What the cell needs from MQTT: ``publish(topic, payload, qos) -> Deferred``."""
+class Publisher(Protocol):
+    """What the cell needs from MQTT (``MqttService``; a recorder in tests)."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 2) -> Deferred:  # pragma: no cover
-        raise NotImplementedError
+    def publish(self, topic: str, payload: bytes, qos: int = 2) -> Deferred: ...
 
 
 @dataclass
@@ -49,7 +48,6 @@ class Metrics:
     bad_records: int = 0
     softerrors: int = 0
     mqtt_disconnects: int = 0
-    cycle_seconds: list[float] = field(default_factory=list)  # bounded, see Cell
 
     def count_protocol_error(self, kind: str) -> None:
         self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
@@ -115,7 +113,6 @@ class Cell:
         self._message = ""
         self._published_state: str | None = None
         self._timer: IDelayedCall | None = None
-        self._after_reset = False
         self._strategies: dict[str, Any] = {}
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
@@ -123,7 +120,6 @@ class Cell:
         self._connected = False
         self._pending_io: Any = None
         self.machine = MasterMachine(MasterCore(self))
-        self._t = self.codec.topics if hasattr(self.codec, "topics") else None
 
     # ================================================================================
     # Public API: MQTT lifecycle, commands, site messages, web.

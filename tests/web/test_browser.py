@@ -92,7 +92,7 @@ def _child(command: str, what: str):
 @pytest.fixture
 def ui():
     """A headless Chromium page (Debian's chromium, driven by Playwright); yields
-    (page, expect, errors) and fails the test on any uncaught page error."""
+    (page, expect, errors); errors collects uncaught page errors for the test to check."""
     if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
         pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api",
