@@ -64,6 +64,7 @@ class _Part:
     started: float
     results: list[tuple[str, Sequence[dict]]] = field(default_factory=list)
     outcomes: dict[str, Any] = field(default_factory=dict)
+    prrs: dict[str, Any] = field(default_factory=dict)
     written: bool = False
 
 
@@ -224,6 +225,7 @@ class Cell:
             return
         part.results.append((site, records))
         part.outcomes[site] = outcome
+        part.prrs[site] = records[-1]
         self.metrics.parts += 1
         self._emit("testresult", {"type": "testresult", "payload": list(records)})
         if outcome.unknown_soft_bin:
@@ -505,8 +507,7 @@ class Cell:
         sites_out = []
         for siteid in part.order:
             outcome = part.outcomes[siteid]
-            records = next(r for s, r in part.results if s == siteid)
-            prr = records[-1]
+            prr = part.prrs[siteid]
             partid = prr.get("PART_ID") or part.requested[siteid].get("partid")
             if not partid:
                 partid = f"{prr.get('X_COORD')}x{prr.get('Y_COORD')}"
