@@ -105,8 +105,13 @@ def test_demo_runs_lots_and_exits_cleanly_on_sigterm(tmp_path):
         assert "Traceback" not in output()
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            # SIGTERM first: the demo stops its own broker (which runs in its own session)
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
         if broker_pid is not None:
             try:
                 os.kill(broker_pid, signal.SIGKILL)
