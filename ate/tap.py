@@ -7,6 +7,7 @@ names the file and the key, and exit status 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -116,8 +117,9 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True) 
         else:
             globalLogPublisher.addObserver(writer)
 
-    for line in recover_directory(cfg.stdf_directory):
-        log.warn("datalog recovery: {line}", line=line)
+    if os.path.isdir(cfg.stdf_directory):  # created at the first load otherwise
+        for line in recover_directory(cfg.stdf_directory):
+            log.warn("datalog recovery: {line}", line=line)
 
     pool = reactor.getThreadPool()
 

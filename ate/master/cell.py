@@ -8,6 +8,7 @@ results and datalog, the phase timers.  Time comes from the injected clock only.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -658,6 +659,7 @@ class Cell:
     # -- datalog ------------------------------------------------------------------------
 
     def _new_datalog(self, job: Job) -> None:
+        os.makedirs(self.config.stdf_directory, exist_ok=True)
         self.setup_t = self.wallclock()
         self.datalog = Datalog.create(
             self.config.stdf_directory, job, self.config.device_id, self.sites, self.setup_t,

@@ -570,3 +570,21 @@ def test_setloglevel_reaches_sites_buffer_and_log_file(tmp_path):
     with pytest.raises(ValueError):
         h.cell.set_loglevel(15)
     assert h.cell.loglevel == 10
+
+
+def test_missing_stdf_directory_is_created_at_load(tmp_path):
+    h = Harness(tmp_path, stdf_directory=str(tmp_path / "new" / "stdf"))
+    h.to_ready()
+    assert os.path.dirname(h.cell.datalog.path) == str(tmp_path / "new" / "stdf")
+
+
+def test_unwritable_stdf_directory_refuses_the_load(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    h = Harness(tmp_path, stdf_directory=str(blocker / "stdf"))
+    h.to_initialized()
+    h.pub.take()
+    h.handler("load", {"lot_number": LOT})
+    [err] = h.responses(h.pub.take())
+    assert err["response_type"] == "error" and "cannot create the datalog" in err["message"]
+    assert h.state == "initialized"
