@@ -23,36 +23,16 @@ from ate.tap import build_master
 from ate.testing.broker import free_port
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
+from tests.waiting import Waiter as _Waiter
+
 TIMEOUT = 30
 H, A, B = "HTO92-20F", "SCT-81-1F", "SCT-81-2F"
 LOT = "306426.001"
 SITES = ("0", "1", "2", "3")
 
 
-class Waiter:
-    """Deferreds fired when a predicate over recorded state holds (bounded by TIMEOUT)."""
-
-    def __init__(self):
-        self._waiting = []
-
-    def until(self, predicate, reactor, timeout=TIMEOUT):
-        d = Deferred()
-        if predicate():
-            d.callback(None)
-        else:
-            self._waiting.append((predicate, d))
-        return d.addTimeout(timeout, reactor)
-
-    def poke(self):
-        still = []
-        for predicate, d in self._waiting:
-            if d.called:
-                continue
-            if predicate():
-                d.callback(None)
-            else:
-                still.append((predicate, d))
-        self._waiting = still
+class Waiter(_Waiter):
+    timeout = TIMEOUT
 
 
 class Watcher(Waiter):

@@ -22,34 +22,14 @@ from ate.handler.service import HandlerService
 from ate.mqtt.service import MqttService
 from ate.testing.broker import free_port
 
+from tests.waiting import Waiter as _Waiter
+
 TIMEOUT = 20
 H, A, B = "HTO92-20F", "SCT-A", "SCT-B"
 
 
-class Waiter:
-    """Deferreds fired when a predicate over some recorded state holds."""
-
-    def __init__(self):
-        self._waiting = []
-
-    def until(self, predicate, reactor):
-        d = Deferred()
-        if predicate():
-            d.callback(None)
-        else:
-            self._waiting.append((predicate, d))
-        return d.addTimeout(TIMEOUT, reactor)
-
-    def poke(self):
-        still = []
-        for predicate, d in self._waiting:
-            if d.called:
-                continue
-            if predicate():
-                d.callback(None)
-            else:
-                still.append((predicate, d))
-        self._waiting = still
+class Waiter(_Waiter):
+    timeout = TIMEOUT
 
 
 class RecordingSink(Waiter):
