@@ -69,6 +69,14 @@ class Cell:
         # (protocol.md §3.4); that race is the protocol's, not under test here
         await self.sim.mqtt.whenConnected()
 
+    async def start_all(self):
+        """Handler client, then the sites, then the master; returns once initialized."""
+        await self.handler.start()
+        await self.start_sites()
+        up = self.handler.wait_state("initialized", 15)
+        await self.start_master()
+        await up
+
     async def stop(self):
         ds = []
         for svc in (self.master, self.sim):
@@ -170,11 +178,7 @@ async def test_master_before_sites_and_broker_restart(cellfactory, broker):
 @pytest_twisted.ensureDeferred
 async def test_refusals_over_mqtt(cellfactory):
     c = cellfactory()
-    await c.handler.start()
-    await c.start_sites()
-    up = c.handler.wait_state("initialized", 15)
-    await c.start_master()
-    await up
+    await c.start_all()
     for payload, rtype in [(b"{garbage", None), (b'{"type":"dance","payload":{}}', "error"),
                            (b'{"type":"next","payload":{}}', "notlot")]:
         mark = c.handler.mark()
@@ -209,11 +213,7 @@ async def test_refusals_over_mqtt(cellfactory):
 @pytest_twisted.ensureDeferred
 async def test_injected_faults(cellfactory, fault, expect):
     c = cellfactory(faults=fault, master_extra={"timeouts": {"test": 1.5, "next_ack": 2}})
-    await c.handler.start()
-    await c.start_sites()
-    up = c.handler.wait_state("initialized", 15)
-    await c.start_master()
-    await up
+    await c.start_all()
     await c.handler.command("load", {"lot_number": LOT}, expect="ready")
     await run_parts(c.handler, 2)
     if expect is None:
@@ -233,11 +233,7 @@ async def test_injected_faults(cellfactory, fault, expect):
 @pytest_twisted.ensureDeferred
 async def test_ten_thousand_parts_match_the_simulators_ground_truth(cellfactory):
     c = cellfactory()
-    await c.handler.start()
-    await c.start_sites()
-    up = c.handler.wait_state("initialized", 15)
-    await c.start_master()
-    await up
+    await c.start_all()
     await c.handler.command("load", {"lot_number": LOT}, expect="ready")
     await run_parts(c.handler, 2500)  # 10 000 parts on 4 sites, unique part ids
     lot = c.cell.lot
