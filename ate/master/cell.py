@@ -198,6 +198,12 @@ class Cell:
         self.tracker.control(site, state, error_message)
         self._emit("sites", None)
 
+    def control_log(self, site: str, line: str) -> None:
+        """A Control app's log line: kept as the reason of an error it reports without one."""
+        fields = line.split("|", 3) if isinstance(line, str) else ()
+        message = fields[3].strip() if len(fields) == 4 else str(line).strip()
+        self.tracker.control_log(site, message[:500])
+
     def testapp_status(self, site: str, state: str) -> None:
         self.tracker.testapp(site, state)
         self._emit("sites", None)
@@ -228,7 +234,7 @@ class Cell:
         part.outcomes[site] = outcome
         part.prrs[site] = records[-1]
         self.metrics.parts += 1
-        self._emit("testresult", {"type": "testresult", "payload": list(records)})
+        self._emit("testresult", list(records))  # the frame's payload is the record list (§11.3)
         if outcome.unknown_soft_bin:
             self.machine.fault(
                 f"site {site}: soft bin {outcome.soft_bin} is not in the job's bin table"

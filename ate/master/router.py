@@ -101,6 +101,8 @@ class Router:
 
     def _log_line(self, msg: m.LogLine) -> None:
         relay_remote_line(self.remote_log, msg.app, msg.site, msg.line)
+        if msg.app == "Control":
+            self.cell.control_log(msg.site, msg.line)
 
     def _bad(self, error: ProtocolError, payload: bytes) -> None:
         cell = self.cell

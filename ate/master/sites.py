@@ -33,13 +33,15 @@ class TrackerEvents(Protocol):
 
 
 class _Site:
-    __slots__ = ("id", "control", "testapp", "done", "acked", "result", "idle_again", "error_message")
+    __slots__ = ("id", "control", "testapp", "done", "acked", "result", "idle_again", "error_message",
+                 "last_log")
 
     def __init__(self, site_id: str) -> None:
         self.id = site_id
         self.control: str | None = None
         self.testapp: str | None = None
         self.error_message = ""
+        self.last_log = ""  # the message of the Control app's last log line
         self.done = False  # phase goal reached for this site
         self.acked = False  # testing: TestApp reported testing (or sent its result)
         self.result = False  # testing: result received
@@ -150,12 +152,20 @@ class SiteTracker:
 
     # -- inputs --------------------------------------------------------------------
 
+    def control_log(self, site: str, message: str) -> None:
+        """The message of a Control app's log line: the reason of an error that the app
+        reports with an empty ``error_message`` (the Semi-ATE Control app does that)."""
+        s = self._sites.get(site)
+        if s is not None:
+            s.last_log = message
+
     def control(self, site: str, state: str, error_message: str = "") -> None:
         s = self._sites[site]
         if state == s.control:
             return
         previous, s.control = s.control, state
         if state == "error":
+            error_message = error_message or s.last_log
             s.error_message = error_message or ""
         phase = self.phase
         if phase == CONNECTING:

@@ -282,7 +282,7 @@ class FakeCell:
                                      self.next_result)
             self.lot.add(s, records)
             self.metrics.parts += 1
-            self.emit("testresult", {"type": "testresult", "payload": records})
+            self.emit("testresult", list(records))
         self.metrics.cycles += 1
         self.set_state("ready")
         self.emit("part", cycle)

@@ -222,13 +222,13 @@ def test_results_then_one_batch_per_part(server, cell, fakes):
 def test_nan_becomes_string(server, cell):
     client = yield server.connect()
     yield client.next_of("status")
-    cell.emit("testresult", {"type": "testresult", "payload": [
+    cell.emit("testresult", [
         {"type": "PTR", "RESULT": float("nan"), "LO_LIMIT": float("-inf"),
-         "HI_LIMIT": float("inf")}]})
+         "HI_LIMIT": float("inf")}])
     msg = yield client.next_of("testresult")
     raw = client.raw[-1]
     assert b"NaN" not in raw and b"Infinity" not in raw
-    rec = msg["payload"]["payload"][0]
+    rec = msg["payload"][0]
     assert (rec["RESULT"], rec["LO_LIMIT"], rec["HI_LIMIT"]) == ("nan", "-inf", "inf")
 
 
@@ -352,7 +352,7 @@ def test_slow_client_is_dropped_others_continue(cell, logbuffer):
         yield slow.next_of("status")
         yield fast.next_of("status")
         slow.transport.pauseProducing()  # the slow client stops reading its socket
-        big = {"type": "testresult", "payload": [{"type": "DTR", "TEXT_DAT": "x" * 512 * 1024}]}
+        big = [{"type": "DTR", "TEXT_DAT": "x" * 512 * 1024}]
         for _ in range(400):
             cell.emit("testresult", big)
             yield fast.next_of("testresult")

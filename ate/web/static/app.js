@@ -228,7 +228,7 @@ const handlers = {
   },
   status: renderStatus,
   usersettings: renderSettings,
-  testresult: (msg) => { addResult(msg && msg.payload); renderParts(); },
+  testresult: (records) => { addResult(records); renderParts(); },
   testresults: (list) => {
     model.parts = []; model.partCount = 0;
     for (const records of list || []) addResult(records);
