@@ -115,7 +115,9 @@ class Cell:
         self._message = ""
         self._published_state: str | None = None
         self._timer: IDelayedCall | None = None
-        self._strategies: dict[str, Any] = {}
+        # the execution-strategy answers of the current load; None outside a lot's window
+        self._strategies: dict[str, Any] | None = None
+        self._abort_reason = ""
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
         self._last_publish: Deferred = succeed(None)
@@ -235,6 +237,12 @@ class Cell:
         part.prrs[site] = records[-1]
         self.metrics.parts += 1
         self._emit("testresult", list(records))  # the frame's payload is the record list (§11.3)
+        if part.written:
+            # the part was flushed when the master went to softerror: a result that still
+            # comes for it is written at once (protocol §3.6); it answers nothing
+            self._write_results([(site, records)])
+            self.tracker.result(site)
+            return
         if outcome.unknown_soft_bin:
             self.machine.fault(
                 f"site {site}: soft bin {outcome.soft_bin} is not in the job's bin table"
@@ -261,9 +269,15 @@ class Cell:
         self._count_problems(problems)
 
     def execution_strategy(self, site: str, strategy: Any) -> None:
-        if self._state not in ("loading", "ready"):
-            self.log.warn("execution strategy from site {site} in {state} ignored",
-                          site=site, state=self._state)
+        """A TestApp's answer to the load's ``getexecutionstrategy`` (protocol §3.8, §6.4):
+        taken in any state from the request until the lot's unload; checked once every
+        configured site has answered."""
+        if self._strategies is None:
+            self.log.debug("execution strategy from site {site} outside a lot ignored", site=site)
+            return
+        if site in self._strategies:
+            self.log.debug("second execution strategy from site {site} for this load ignored",
+                           site=site)
             return
         self._strategies[site] = strategy
         if len(self._strategies) < len(self.sites):
@@ -418,7 +432,9 @@ class Cell:
         self.log.warn("broker connection lost in {state}; state kept", state=self._state)
 
     def reset_sites(self) -> None:
-        self._finalise("aborted: reset")
+        self._finalise(f"aborted: {self._abort_reason or 'reset'}")
+        self._strategies = None
+        self._abort_reason = ""
         self._clear_part()
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
@@ -452,7 +468,8 @@ class Cell:
         self.lot_number = job.lot_number
         self.lot = Lot(job, self.sites, self.config.device_id)
         self.start_t = None
-        self._strategies = {}
+        self._strategies = None
+        self._abort_reason = ""
         self.settings.reset_to_defaults()
         self._publish(m.ControlLoadTest(
             sites=self.sites,
@@ -470,6 +487,7 @@ class Cell:
 
     def enter_ready(self) -> None:
         self._send_loglevel()
+        self._strategies = {}  # answers are taken from now until the lot's unload
         self._publish(m.TestAppGetExecutionStrategy(sites=self.sites, layout=self.layout))
         self.tracker.begin_ready()
         self._enter("ready", "")
@@ -539,6 +557,7 @@ class Cell:
         self._arm("test")
 
     def start_unload(self) -> None:
+        self._strategies = None
         self._publish(m.TestAppTerminate(sites=self.sites))
         self.tracker.begin_unloading()
         self._enter("unloading", "", timer="unload")
@@ -559,17 +578,24 @@ class Cell:
     def enter_softerror(self, message: str) -> None:
         self.metrics.softerrors += 1
         self.log.error("softerror: {message}", message=message)
-        self.tracker.halt()
-        self._flush_part_results()
-        self._finalise(f"aborted: {message}")
+        self._halt(message)
         self._enter("softerror", message)
 
     def enter_error(self, message: str) -> None:
         self.log.error("error: {message}", message=message)
+        self._halt(message)
+        self._enter("error", message)
+
+    def _halt(self, message: str) -> None:
+        """softerror/error: what came of the part under test is written now, and its
+        missing results are still taken; the datalog stays open until the reset (or
+        shutdown) finalises it as aborted (protocol §3.6, §7.4)."""
         self.tracker.halt()
         self._flush_part_results()
-        self._finalise(f"aborted: {message}")
-        self._enter("error", message)
+        if self.part is not None:
+            self.part.written = True  # later results of it are written one by one
+        if not self._abort_reason:
+            self._abort_reason = message
 
     def ignore(self, what: str, detail: str = "") -> None:
         self.log.debug("{what} ignored in {state} {detail}", what=what, state=self._state,
@@ -578,7 +604,8 @@ class Cell:
     def shutdown(self) -> None:
         self._cancel_timer()
         self._flush_part_results()
-        self._finalise("aborted: master stopped")
+        reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
+        self._finalise(f"aborted: {reason}")
         self._state = "stopped"
         self._message = "master stopped"
         if self._connected:
@@ -678,8 +705,13 @@ class Cell:
         if part.written or not part.results or self.datalog is None or self.datalog.finalised:
             return
         part.written = True
+        self._write_results(part.results)
+
+    def _write_results(self, results: Sequence[tuple[str, Sequence[dict]]]) -> None:
+        if self.datalog is None or self.datalog.finalised:
+            return
         start = self.start_t if self.start_t is not None else self.setup_t
-        problems = self.datalog.write_parts(part.results, start)
+        problems = self.datalog.write_parts(results, start)
         self._count_problems(problems)
 
     def _count_problems(self, problems: Sequence[str]) -> None:

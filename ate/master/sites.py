@@ -260,9 +260,11 @@ class SiteTracker:
             # terminated, and a crash after the summary, are expected
 
     def result_problem(self, site: str) -> str | None:
-        """None when a result from ``site`` belongs to the part under test, else why not."""
+        """None when a result from ``site`` belongs to the part under test, else why not.
+        After a softerror (halted) the part that was under test still takes the results
+        of its sites (protocol §3.6): they are recorded, but complete nothing."""
         s = self._sites[site]
-        if self.phase != TESTING or site not in self._tested_ids:
+        if self.phase not in (TESTING, HALTED) or site not in self._tested_ids:
             return f"unexpected test result from site {site} (not being tested)"
         if s.result:
             return f"duplicate test result from site {site}"
@@ -276,6 +278,8 @@ class SiteTracker:
             return problem
         s = self._sites[site]
         s.result = True
+        if self.phase == HALTED:
+            return None
         if not s.acked:
             self._ack(s)  # a result before 'testing' counts as 'testing'
         self._maybe_done(s)

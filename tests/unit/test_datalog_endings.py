@@ -22,8 +22,12 @@ def ended_by_unload(h):
 
 
 def ended_by_crash(h):
+    # softerror keeps the file open (later results of the part are still written, §3.6);
+    # here the master is stopped while in softerror
     h.testapp("2", "crash")
-    return "aborted: testapp 2 crashed"
+    assert h.state == "softerror" and not h.cell.datalog.finalised
+    h.cell.stop()
+    return "aborted: testapp 2 crashed; master stopped"
 
 
 def ended_by_timeout(h):
@@ -33,6 +37,9 @@ def ended_by_timeout(h):
     h.testapp("0", "idle")
     h.result("0", "P0")  # received before the timeout: kept
     h.clock.advance(31)
+    assert h.state == "softerror" and not h.cell.datalog.finalised
+    h.result("1", "P1")  # arrives after the softerror: still written (§3.6)
+    h.handler("reset")
     return "aborted: not all sites completed the active test (missing: 1, 2, 3)"
 
 
@@ -62,7 +69,7 @@ def test_every_ending_finalises(tmp_path, end):
     assert names[:3] == ["Far", "Mir", "Sdr"]
     assert names[-1] == "Mrr"
     prrs = [f for n, f in records if n == "Prr"]
-    expected = 12 + (1 if end is ended_by_timeout else 0)
+    expected = 12 + (2 if end is ended_by_timeout else 0)
     assert len(prrs) == expected
     assert records[-1][1]["EXC_DESC"] == reason
     pcr_total = [f for n, f in records if n == "Pcr" and f["HEAD_NUM"] == 255]
