@@ -9,12 +9,19 @@
 Our own namespaces (``ate`` and ``ate.*``) show as source ``master``.  An event may name
 its source explicitly with the key ``ate_source`` (used for relayed remote lines).
 Observers never raise: an observer that raises is removed by twisted.logger's publisher.
+
+Memory is bounded whatever is logged: an entry's text (and a log file line) is cut at
+``MAX_ENTRY_CHARS`` characters, with a marker saying how much was cut, and the buffer
+keeps at most ``maxlen`` entries *and* at most ``max_bytes`` bytes (the memory of the
+entries' strings plus a fixed per-entry overhead), dropping the oldest first.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+import sys
 import time
 from collections import deque
 from datetime import datetime
@@ -56,12 +63,20 @@ _REMOTE_LEVELS: dict[str, LogLevel] = {
 }
 
 MASTER_SOURCE = "master"
+#: The longest text of one entry or log file line; longer ones are cut with a marker.
+MAX_ENTRY_CHARS = 16 * 1024
+#: The most memory (bytes) the in-memory entries may take together.
+LOG_BUFFER_BYTES = 8 * 1024 * 1024
+#: Memory of one entry besides its description and source: the dict, the date, the type.
+_ENTRY_OVERHEAD = 400
 LOGFILE_CAP = 10 * 1024 * 1024
 LOGFILE_MAX_BYTES = 100 * 1024 * 1024
 LOGFILE_MAX_AGE_DAYS = 14.0
 _LOGFILE_RE = re.compile(r"[0-9]{8}-[0-9]{6}_master\.log", re.ASCII)
 _LOGFILE_OR_BACKUP_RE = re.compile(r"[0-9]{8}-[0-9]{6}_master\.log(\.1)?", re.ASCII)
 _REFERENCE_DATE = "%d/%m/%Y %I:%M:%S %p"
+
+_log = Logger(namespace="ate.master.logs")
 
 
 # -- event helpers ---------------------------------------------------------------------
@@ -93,16 +108,35 @@ def event_source(event: dict) -> str:
 
 
 def event_description(event: dict) -> str:
-    """The formatted message, plus ``[Type: message]`` of an attached failure."""
+    """The formatted message, plus ``[Type: message]`` of an attached failure, cut at
+    ``MAX_ENTRY_CHARS`` (see :func:`clip_text`)."""
     text = formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:
         try:
-            summary = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            summary = clip_text(f"{failure.type.__name__}: {failure.getErrorMessage()}", 2048)
         except Exception:
             summary = "unprintable failure"
         text = f"{text} [{summary}]" if text else summary
-    return text
+    return clip_text(text)
+
+
+def clip_text(text: str, limit: int = MAX_ENTRY_CHARS) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start followed by
+    ``" [... N characters cut]"``, the whole at most ``limit`` characters."""
+    n = len(text)
+    if n <= limit:
+        return text
+    # the marker names how many characters were left out; with n in it, it is at least
+    # as long as the final one, so the result stays within the limit
+    keep = max(0, limit - len(f" [... {n} characters cut]"))
+    return f"{text[:keep]} [... {n - keep} characters cut]"
+
+
+def entry_bytes(entry: dict) -> int:
+    """The memory of one 10.4 entry as the buffer counts it."""
+    return (sys.getsizeof(entry.get("description", "")) + sys.getsizeof(entry.get("source", ""))
+            + _ENTRY_OVERHEAD)
 
 
 def _event_time(event: dict, clock: Any) -> float:
@@ -134,13 +168,47 @@ def render_entry(entry: dict) -> str:
 # -- in-memory buffer ------------------------------------------------------------------
 
 
+class _Ring:
+    """Entries, oldest first, bounded by count and by :func:`entry_bytes`."""
+
+    __slots__ = ("entries", "bytes", "maxlen", "max_bytes")
+
+    def __init__(self, maxlen: int, max_bytes: int) -> None:
+        self.entries: deque[tuple[dict, int]] = deque()
+        self.bytes = 0
+        self.maxlen = maxlen
+        self.max_bytes = max_bytes
+
+    def append(self, entry: dict, size: int) -> None:
+        entries = self.entries
+        entries.append((entry, size))
+        self.bytes += size
+        while len(entries) > self.maxlen or (self.bytes > self.max_bytes and len(entries) > 1):
+            self.bytes -= entries.popleft()[1]
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Any:
+        return (e for e, _ in self.entries)
+
+    def __reversed__(self) -> Any:
+        return (e for e, _ in reversed(self.entries))
+
+
 @implementer(ILogObserver)
 class LogBuffer:
     """The last ``maxlen`` log entries in the 10.4 shape, filtered by the master's level.
 
     Entries are ``{"source", "date", "type", "description"}`` dicts.  Subscribers are
     called with each accepted entry; their exceptions are swallowed (an observer must
-    not raise, and logging from inside an observer would recurse).
+    not raise, and logging from inside an observer would recurse).  The entries kept
+    (and those waiting for the next push) take at most ``max_bytes`` of memory
+    (:func:`entry_bytes`); each description is at most ``MAX_ENTRY_CHARS`` characters.
     """
 
     def __init__(
@@ -151,14 +219,17 @@ class LogBuffer:
         log_directory: str | None = None,
         clock: Any = None,
         logfile_cap: int = LOGFILE_CAP,
+        max_bytes: int = LOG_BUFFER_BYTES,
     ) -> None:
         if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive integer, got {maxlen!r}")
         if isinstance(logfile_cap, bool) or not isinstance(logfile_cap, int) or logfile_cap < 1:
             raise ValueError(f"logfile_cap must be a positive integer, got {logfile_cap!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         self._level = _check_level(level)
-        self._entries: deque[dict] = deque(maxlen=maxlen)
-        self._new: deque[dict] = deque(maxlen=maxlen)
+        self._entries = _Ring(maxlen, max_bytes)
+        self._new = _Ring(maxlen, max_bytes)
         self._subscribers: list[Callable[[dict], Any]] = []
         self._clock = clock
         self.log_directory = log_directory
@@ -167,6 +238,11 @@ class LogBuffer:
         self.logfile_path: str | None = None
         #: Events that could not be turned into an entry, or subscriber errors.
         self.errors = 0
+
+    @property
+    def bytes(self) -> int:
+        """The memory the kept entries take, as counted against ``max_bytes``."""
+        return self._entries.bytes
 
     # -- level ---------------------------------------------------------------------------
 
@@ -195,11 +271,12 @@ class LogBuffer:
                 "type": LEVELS[number],
                 "description": event_description(event),
             }
+            size = entry_bytes(entry)
         except Exception:
             self.errors += 1
             return
-        self._entries.append(entry)
-        self._new.append(entry)
+        self._entries.append(entry, size)
+        self._new.append(entry, size)
         for callback in tuple(self._subscribers):
             try:
                 callback(entry)
@@ -234,18 +311,31 @@ class LogBuffer:
     # -- getlogfile ----------------------------------------------------------------------
 
     def current_logfile(self) -> str | None:
-        """``logfile_path`` if set, else the newest master log file in log_directory."""
+        """``logfile_path`` if set, else the newest master log file in log_directory.
+
+        Only regular files directly in the directory count: a symbolic link, a directory
+        or anything else with a log file's name is skipped and logged.
+        """
         if self.logfile_path is not None:
             return self.logfile_path
         if not self.log_directory:
             return None
         try:
-            names = [n for n in os.listdir(self.log_directory) if _LOGFILE_RE.fullmatch(n)]
+            names = sorted((n for n in os.listdir(self.log_directory)
+                            if _LOGFILE_RE.fullmatch(n)), reverse=True)
         except OSError:
             return None
-        if not names:
-            return None
-        return os.path.join(self.log_directory, max(names))
+        for name in names:
+            path = os.path.join(self.log_directory, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISREG(mode):
+                return path
+            _log.warn("log directory {directory}: {name} is not a regular file; not served",
+                      directory=self.log_directory, name=name)
+        return None
 
     def logfile(self) -> dict:
         """The ``logfile`` payload (10.3): ``{"filename", "content"}``.
@@ -280,9 +370,18 @@ def _tail_lines(text: str, cap: int) -> str:
 
 
 def _read_tail(path: str, cap: int) -> str | None:
-    """The last ``cap`` bytes of a file, cut to whole lines; None if unreadable."""
+    """The last ``cap`` bytes of a regular file, cut to whole lines; None if unreadable
+    or not a regular file (a symbolic link is not followed)."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        _log.warn("log file {path} not served: {error}", path=path, error=e.strerror or e)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                _log.warn("log file {path} not served: not a regular file", path=path)
+                return None
             size = f.seek(0, os.SEEK_END)
             start = max(0, size - cap)
             f.seek(start)

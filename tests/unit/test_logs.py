@@ -13,8 +13,11 @@ from twisted.python.failure import Failure
 
 from ate.master.logs import (
     LEVELS,
+    LOG_BUFFER_BYTES,
+    MAX_ENTRY_CHARS,
     LogBuffer,
     LogFileWriter,
+    clip_text,
     logfile_name,
     relay_remote_line,
 )
@@ -27,6 +30,19 @@ def event(fmt="hello {who}", level=LogLevel.info, namespace="ate.master.cell", t
     e.setdefault("who", "world")
     e.update(kw)
     return e
+
+
+@pytest.fixture
+def caplog_events():
+    """The formatted text of every event logged through the global publisher."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        yield lambda: [formatEvent(e) for e in seen]
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
 
 
 def logger_into(*observers) -> Logger:
@@ -410,3 +426,100 @@ def test_writer_and_buffer_together(tmp_path):
 
 def test_levels_table():
     assert LEVELS == {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR"}
+
+
+# -- bounded memory (issue 11, item 4) ---------------------------------------------------
+
+
+def test_huge_entry_is_cut_with_a_marker():
+    buf = LogBuffer(level=10)
+    buf(event(fmt="{blob}", blob="x" * 1_000_000))
+    text = buf.entries()[0]["description"]
+    assert len(text) <= MAX_ENTRY_CHARS
+    assert text.startswith("x" * 1000)
+    cut = 1_000_000 - text.index(" [... ")
+    assert text.endswith(f" [... {cut} characters cut]")
+
+
+def test_cut_keeps_short_text_and_fits_the_limit_exactly():
+    assert clip_text("short", 10) == "short"
+    for n in (61, 99, 100, 101, 10_000):
+        out = clip_text("y" * n, 60)
+        assert len(out) <= 60 and out.endswith("characters cut]")
+        kept = out.index(" [... ")
+        assert out == "y" * kept + f" [... {n - kept} characters cut]"
+
+
+def test_buffer_is_bounded_by_bytes_not_only_by_entries():
+    buf = LogBuffer(level=10, max_bytes=1_000_000)
+    for i in range(400):
+        buf(event(fmt="{i} {blob}", i=i, blob="z" * 1_000_000))
+    entries = buf.entries()
+    assert sum(len(e["description"]) for e in entries) <= 1_000_000
+    assert buf.bytes <= 1_000_000
+    assert entries[0]["description"].startswith("399 ")   # the newest are kept
+    assert len(buf.drain_new()) == len(entries)           # the push queue is bounded too
+    for i in range(10):                                   # small entries: counted small
+        buf(event(fmt="small {i}", i=i))
+    assert buf.entries()[0]["description"] == "small 9"
+
+
+def test_default_byte_bound_keeps_4000_ordinary_entries():
+    buf = LogBuffer(level=10)
+    for i in range(4000):
+        buf(event(fmt="site {i}: control state is: busy, testapp idle, part P{i}", i=i))
+    assert len(buf.entries()) == 4000
+    assert buf.bytes <= LOG_BUFFER_BYTES
+
+
+def test_constructor_validates_max_bytes():
+    with pytest.raises(ValueError, match="max_bytes"):
+        LogBuffer(max_bytes=0)
+
+
+def test_writer_cuts_huge_lines(tmp_path):
+    w = LogFileWriter(str(tmp_path), clock=make_clock())
+    w(event(fmt="{blob}", blob="q" * 1_000_000))
+    w.close()
+    line = open(w.path).read()
+    assert len(line) < MAX_ENTRY_CHARS + 100
+    assert "characters cut]" in line
+
+
+# -- getlogfile serves regular files of the log directory only (issue 11, item 6) --------
+
+
+def test_logfile_does_not_follow_a_symlink(tmp_path, caplog_events):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("TOP SECRET\n")
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    (logdir / "20261124-182946_master.log").write_text("ours\n")
+    os.symlink(outside, logdir / "20991231-235959_master.log")   # newer name, a link
+    buf = LogBuffer(level=10, log_directory=str(logdir))
+    out = buf.logfile()
+    assert "TOP SECRET" not in out["content"]
+    assert out["filename"] == "20261124-182946_master.log"
+    assert out["content"].endswith("ours\n")
+    assert any("20991231-235959_master.log is not a regular file" in t
+               for t in caplog_events())
+
+
+def test_logfile_only_link_or_fifo_serves_nothing(tmp_path, caplog_events):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("TOP SECRET\n")
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    os.symlink(outside, logdir / "20991231-235959_master.log")
+    os.mkfifo(logdir / "20991231-235958_master.log")
+    buf = LogBuffer(level=10, log_directory=str(logdir))
+    buf(event(fmt="mem"))
+    out = buf.logfile()
+    assert "TOP SECRET" not in out["content"]
+    assert out["content"] == "master|2026-11-24T18:29:58|INFO|mem\n"
+    # an explicit path that is a link is not followed either
+    buf.logfile_path = str(logdir / "20991231-235959_master.log")
+    assert "TOP SECRET" not in buf.logfile()["content"]
+    buf.logfile_path = str(logdir / "20991231-235958_master.log")   # a FIFO: no hang
+    assert buf.logfile()["content"] == "master|2026-11-24T18:29:58|INFO|mem\n"
+    assert any("not served" in t for t in caplog_events())
