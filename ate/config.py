@@ -210,6 +210,7 @@ class SimConfig:
     seed: int
     faults: SimFaults
     warnings: tuple[str, ...] = ()
+    strategy_delay: float = 0.05
 
 
 #: Default outcome mix of the simulated sites, consistent with the fixture job's bin table.
@@ -978,6 +979,7 @@ def _sim_config(
         bins=bins,
         seed=r.integer("seed", 1),
         faults=faults,
+        strategy_delay=r.number("strategy_delay", 0.05),
     )
     r.warn_unknown()
     return _with_warnings(config, r)

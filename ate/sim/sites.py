@@ -632,8 +632,13 @@ class SimSite:
             log.warn("site {site}: getexecutionstrategy: layout is not a list", site=self.site)
         stage = list(cmd.sites)
         strategy = [[list(stage)] for _ in range(max(1, self.owner.ptr_count))]
-        self._emit("TestApp", self.t_strategy,
-                   {"type": "execution_strategy", "payload": strategy})
+        payload = {"type": "execution_strategy", "payload": strategy}
+        delay = self.owner.strategy_delay
+        if delay > 0:
+            # real TestApps answer about 50 ms later, usually while the first part tests
+            self.owner.clock.callLater(delay, self._emit, "TestApp", self.t_strategy, payload)
+        else:
+            self._emit("TestApp", self.t_strategy, payload)
 
     def _ta_sethbin(self, cmd: TestAppCommand) -> None:
         try:
@@ -665,7 +670,8 @@ class SimSites:
                  send: Callable[[Outbound], None], *, test_time: float = 0.0,
                  load_time: float = 0.0, ptr_count: int = 3,
                  bins: Iterable[Any] = DEFAULT_BINS, seed: int | str = 0,
-                 faults: Any = None, publish_logs: bool = False):
+                 faults: Any = None, publish_logs: bool = False,
+                 strategy_delay: float = 0.0):
         self.device_id = str(device_id)
         self.sites = tuple(str(s) for s in sites)
         if not self.sites:
@@ -676,6 +682,7 @@ class SimSites:
         self._send_fn = send
         self.test_time = float(test_time)
         self.load_time = float(load_time)
+        self.strategy_delay = float(strategy_delay)
         if ptr_count < 0:
             raise ValueError(f"simulated sites: ptr_count {ptr_count} is negative")
         self.ptr_count = int(ptr_count)
@@ -703,7 +710,8 @@ class SimSites:
         """Build from an ``ate.config.SimConfig`` (or anything with its attributes)."""
         return cls(cfg.device_id, cfg.sites, clock, send, test_time=cfg.test_time,
                    load_time=cfg.load_time, ptr_count=cfg.ptr_count, bins=cfg.bins,
-                   seed=cfg.seed, faults=cfg.faults, **kw)
+                   seed=cfg.seed, faults=cfg.faults,
+                   strategy_delay=getattr(cfg, "strategy_delay", 0.0), **kw)
 
     # ---- plumbing ------------------------------------------------------------------
 

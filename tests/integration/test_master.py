@@ -17,6 +17,7 @@ from ate.sim.sites import SimSitesService
 from ate.tap import build_master
 from ate.testing.broker import free_port
 from ate.testing.peers import HandlerClient
+from tests.stdfread import read_stdf
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
 DEVICE = "SCT-81-1F"
@@ -225,9 +226,15 @@ async def test_injected_faults(cellfactory, fault, expect):
     await c.handler.send("next", {"sites": [{"siteid": s, "partid": f"F{s}"} for s in "0123"]})
     _, status = await soft
     assert status["payload"]["message"] == expect
-    assert c.cell.datalog.finalised
-    # recover with a reset
+    # the datalog stays open in softerror (results of the part still come, §3.6) ...
+    assert not c.cell.datalog.finalised
+    # ... and is finalised by the reset, with the other sites' results of part F in it
     await c.handler.command("reset", {}, expect="initialized")
+    assert c.cell.datalog.finalised
+    prrs = [f for name, f in read_stdf(c.cell.datalog.path) if name.lower() == "prr"]
+    # (with the wrong-site fault, site 0's result F0 came in under site 1's topic first)
+    late = ["F0", "F2", "F3"] if "wrong_site_on_part" in fault else ["F1", "F2", "F3"]
+    assert [p["PART_ID"] for p in prrs[8:]] == late
 
 
 @pytest_twisted.ensureDeferred

@@ -9,6 +9,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
+from ate.config import ConfigError, sim_config_from_dict
 from ate.sim.sites import (
     ControlCommand,
     MasterStatusSeen,
@@ -362,6 +363,25 @@ def test_execution_strategy_covers_all_sites_per_test():
                                        for s in SITES]
     assert outs[0].payload == {"type": "execution_strategy",
                                "payload": [[list(SITES)]] * 3}
+
+
+def test_execution_strategy_answer_can_come_late():
+    # as real TestApps do: about 50 ms after the request
+    sim, clock, rec = loaded(ptr_count=1, strategy_delay=0.05)
+    sim.handle(TestAppCommand("getexecutionstrategy", SITES, {"layout": []}))
+    assert rec.take() == []
+    clock.advance(0.049)
+    assert rec.take() == []
+    clock.advance(0.001)
+    assert len(rec.take()) == len(SITES)
+
+
+def test_sim_config_strategy_delay_default_and_check():
+    base = {"device_id": D, "sites": list(SITES)}
+    assert sim_config_from_dict(base, source="t").strategy_delay == 0.05
+    assert sim_config_from_dict({**base, "strategy_delay": 0}, source="t").strategy_delay == 0
+    with pytest.raises(ConfigError, match="strategy_delay: must not be negative"):
+        sim_config_from_dict({**base, "strategy_delay": -1}, source="t")
 
 
 def test_setloglevel_and_logs():
