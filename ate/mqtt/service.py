@@ -186,7 +186,11 @@ _connecting.upon(Connection.socketReady).to(_handshaking).returns(None)
 _connecting.upon(Connection.stop).to(_cancelling).returns(None)
 
 
-@pep614(_connecting.upon(Connection.socketFailed).to(_waiting))
+# C{connecting} has a data factory (L{_beginConnect}) and C{waiting} builds its
+# data (the retry timer) from this input's arguments, so the behaviour must not
+# take the old state's data: C{nodata=True}, as in C{ClientService}'s
+# C{failedWhenConnecting}.
+@pep614(_connecting.upon(Connection.socketFailed, nodata=True).to(_waiting))
 def _connectFailed(conn: Connection, core: ConnectionCore, reason: str) -> None:
     core.log.warn("MQTT connection attempt failed: {reason}", reason=reason)
 

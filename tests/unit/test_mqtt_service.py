@@ -159,6 +159,29 @@ def test_broker_loss_is_logged_as_warning_with_reason():
     assert lost["log_level"].name == "warn"
 
 
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_failed_connect_is_a_warning_with_the_reason_and_no_critical(synchronous):
+    h = Harness()
+    if synchronous:  # a link whose connect() raises at once
+        def refuse():
+            h.events.append("connect")
+            raise ConnectionRefusedError(111, "Connection refused")
+        h.link.connect = refuse
+    with capturedLogs() as logged:
+        h.service.startService()
+        if not synchronous:
+            h.link.connects[-1].errback(ConnectionRefusedError(111, "Connection refused"))
+    assert [e for e in logged if e["log_level"].name == "critical"
+            or e.get("log_failure") is not None] == []
+    [warning] = [e for e in logged if e["log_level"].name == "warn"]
+    assert warning["log_format"] == "MQTT connection attempt failed: {reason}"
+    assert warning["reason"].startswith("ConnectionRefusedError: ")
+    assert "Connection refused" in warning["reason"]
+    assert h.delays() == [1]  # and the retry is scheduled
+    h.clock.advance(1)
+    assert h.events.count("connect") == 2
+
+
 def test_refused_connack_and_handshake_timeout_retry():
     h = Harness(handshake_timeout=5.0)
     h.service.startService()
