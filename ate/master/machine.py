@@ -83,6 +83,8 @@ class MasterEffects(Protocol):
 @dataclass
 class MasterCore:
     fx: MasterEffects
+    # the ``sites`` of the last accepted ``next`` (None: no payload), to recognise a resend
+    request: Any = None
 
 
 I = MasterInputs
@@ -160,9 +162,9 @@ _MATRIX: dict[str, dict[Any, str]] = {
     "load": {startup: "error", connecting: "error", loading: "busy", ready: "havelot",
              **{s: "busy" for s in TESTING_STATES}, unloading: "busy",
              softerror: "error", error: "error", stopped: "error"},
+    # testing: see _next_while_testing (a resend of the part's own next is not refused)
     "next": {startup: "error", connecting: "error", initialized: "notlot", loading: "busy",
-             **{s: "busy" for s in TESTING_STATES}, unloading: "busy",
-             softerror: "error", error: "error", stopped: "error"},
+             unloading: "busy", softerror: "error", error: "error", stopped: "error"},
     "unload": {startup: "error", connecting: "error", initialized: "notlot", loading: "busy",
                **{s: "busy" for s in TESTING_STATES}, unloading: "busy",
                softerror: "error", error: "error", stopped: "error"},
@@ -204,8 +206,24 @@ def _next(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
     refusal, plan = core.fx.prepare_next(sites)
     if refusal is not None:
         return refusal
+    core.request = sites
     inputs.partStarted(plan)
     return None
+
+
+_next_busy = _busy("next")
+
+for _state in TESTING_STATES:
+
+    @_state.upon(I.next).loop()
+    def _next_while_testing(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
+        # A handler that lost the broker may resend its ``next`` (README "Broker loss").
+        # The very same request while its part is under test is that resend: it starts
+        # nothing and is not refused, so the handler waits for the one response.
+        if sites is not None and sites == core.request:
+            core.fx.ignore("next", "repeated for the part under test (a resend)")
+            return None
+        return Refusal("next", "busy", _next_busy(core))
 
 
 @ready.upon(I.partStarted).to(t_starting)
@@ -305,17 +323,13 @@ for _state in (initialized, loading, ready, *TESTING_STATES, unloading):
         core.fx.enter_softerror(message)
 
 
-# broker loss
-for _state in (loading, *TESTING_STATES, unloading):
-
-    @_state.upon(I.disconnected).to(softerror)
-    def _lost(inputs: MasterInputs, core: MasterCore) -> None:
-        core.fx.enter_softerror(
-            f"broker connection lost during {core.fx.external_state()}"
-        )
-
-
-for _state in (startup, connecting, initialized, ready, softerror, error, stopped):
+# Broker loss (a "blip"): every state is kept, loading, testing and unloading included.
+# The phase's timer keeps running and decides: messages that still arrive after the
+# reconnect complete the phase (TestApps on paho queue their QoS > 0 publishes while
+# offline); when the timer expires the softerror names the sites that never answered.
+# On the reconnect the master re-publishes its status (``connected`` below) and the Control
+# apps echo their states, which resynchronises the site tracking.
+for _state in ALL_STATES:
     _state.upon(I.disconnected).loop()(
         lambda inputs, core: core.fx.note_disconnected()
     )

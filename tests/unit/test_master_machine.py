@@ -400,8 +400,7 @@ def test_broker_loss(tmp_path):
     assert h.statuses(h.pub.take()) == ["initialized"]  # re-published
     h.handler("load", {"lot_number": LOT})
     h.cell.mqtt_disconnected()
-    assert h.state == "softerror"
-    assert h.cell.error_message_text == "broker connection lost during loading"
+    assert h.state == "loading"  # kept; the load timer decides (test_master_broker_loss.py)
 
 
 def test_handler_connecting_republishes_external_state(tmp_path):
