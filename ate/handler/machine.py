@@ -42,6 +42,23 @@ Several masters (ate-handler's rules)
 * An error response of a master (4.2) to the pending command returns the
   handler to the state before the command and is passed on to the line.
   Masters that had accepted the same command keep their new state.
+
+Resend after a broker loss (README "Broker loss")
+-------------------------------------------------
+Commands go out with QoS 0, so a broker loss can swallow a ``load``, ``next``
+or ``unload``. A master *has* the pending command once it reports the state the
+command leads to (``loading``, ``testing``, ``unloading``) or answers it; it has
+*not* got it when, before that, it reports the state the command was sent in
+(``initialized`` for load, ``ready`` for next and unload), on ``Master/status``
+or in the answer to the ``get-state`` the handler sends to every such master
+after its own reconnect. Only then is the command resent to that master (at
+most ``MAX_RESENDS`` times; the command's timeout still decides). A master
+publishes its states in order and a part's ``next`` response before its
+``ready``, so a master that did get the command is never sent it twice; the
+one exception (the master finished the whole command while the handler was
+away, and its answer was lost with the handler's clean session) is in the
+README. ate-master also ignores a ``next`` identical to the one of the part
+under test, so a resend that crosses a late ``testing`` starts nothing.
 """
 
 from __future__ import annotations
@@ -86,6 +103,15 @@ HANDLER_STATES = (
 FAILED_STATES = frozenset({"softerror", "error", "crash"})
 INITIALIZED = "initialized"
 READY = "ready"
+#: How often one pending command is resent to one master after a broker loss.
+MAX_RESENDS = 3
+#: pending command -> (handler state while pending, master states showing that the master
+#: has the command, the master state showing that it has not got it)
+_RESEND_RULES: dict[str, tuple[str, frozenset[str], str]] = {
+    "load": ("loading", frozenset({"loading", "ready"}), "initialized"),
+    "next": ("testing", frozenset({"testing"}), "ready"),
+    "unload": ("unloading", frozenset({"unloading", "initialized"}), "ready"),
+}
 #: ate-handler's spelling of the reference's ``No Tester is availabe`` (13.3).
 NO_TESTER = "No tester is available"
 _BETWEEN_LOTS = frozenset({"connecting", "initialized", "error"})
@@ -334,18 +360,37 @@ class Deadline:
 
 
 class Work:
-    """The serial command waiting for the masters (``load``/``next``/``unload``)."""
+    """The serial command waiting for the masters (``load``/``next``/``unload``).
+
+    ``payloads`` is what was sent to each master (for a resend); ``confirmed`` the
+    masters that showed they have the command; ``probing`` the masters asked
+    ``get-state`` after a reconnect; ``resends`` how often it was resent to each.
+    """
 
     def __init__(self) -> None:
         self.kind: str | None = None
         self.plan: NextPlan | None = None
         self.timeout: float = 0.0
+        self.payloads: dict[str, Mapping[str, Any]] = {}
+        self.confirmed: set[str] = set()
+        self.probing: set[str] = set()
+        self.resends: dict[str, int] = {}
 
-    def begin(self, kind: str, timeout: float, plan: NextPlan | None = None) -> None:
+    def begin(self, kind: str, timeout: float, payloads: Mapping[str, Mapping[str, Any]],
+              plan: NextPlan | None = None) -> None:
         self.kind, self.timeout, self.plan = kind, timeout, plan
+        self.payloads = dict(payloads)
+        self.confirmed, self.probing, self.resends = set(), set(), {}
 
     def clear(self) -> None:
         self.kind, self.plan = None, None
+        self.payloads = {}
+        self.confirmed, self.probing, self.resends = set(), set(), {}
+
+    def answered(self, device: str) -> bool:
+        """The master answered the pending ``next`` (or is lost for it)."""
+        plan = self.plan
+        return plan is not None and (device in plan.responded or device in plan.lost)
 
 
 # --------------------------------------------------------------------------
@@ -354,6 +399,7 @@ class Work:
 
 class HandlerInputs(Protocol):
     def mqttConnected(self) -> None: ...
+    def stateAnswered(self, device_id: str, state: str) -> bool: ...
     def masterStatus(self, device_id: str, state: str, message: str) -> None: ...
     def masterResponse(self, device_id: str, reply: MasterReply) -> None: ...
     def load(self, cmd: lp.LoadLot) -> None: ...
@@ -443,8 +489,50 @@ def _track(
     if here == "connecting" and state not in (INITIALIZED, "connecting"):
         inputs.failed(f"master {device} reported state {state} while initialized is expected")
         return
+    if _resend_if_lost(core, here, device, state, "Master/status"):
+        return
     m.seen(device, state)
     _check(inputs, core)
+
+
+def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: str) -> bool:
+    """Apply the resend rule (module docstring) to ``state`` reported by ``device``.
+    Returns True when the command was resent (the report is then not a completion)."""
+    work = core.work
+    rule = _RESEND_RULES.get(work.kind or "")
+    if rule is None or rule[0] != here or device not in work.payloads \
+            or device in core.masters.excluded:
+        return False
+    _pending_state, has_it, not_got = rule
+    if state in has_it:
+        work.confirmed.add(device)
+        return False
+    if state != not_got or device in work.confirmed or work.answered(device):
+        return False
+    count = work.resends.get(device, 0)
+    if count >= MAX_RESENDS:
+        log.warn("master {device} still reports {state} ({how}) after {count} resends of "
+                 "{kind}; the {timeout:g} s timeout decides", device=device, state=state,
+                 how=how, count=count, kind=work.kind, timeout=work.timeout)
+        return False
+    work.resends[device] = count + 1
+    log.info("master {device} reports {state} ({how}) and has not got {kind}: resending it "
+             "(lost with the broker connection)", device=device, state=state, how=how,
+             kind=work.kind)
+    core.masters.waiting.add(device)  # its completion must be reported afresh
+    core.bus.command(device, work.kind, work.payloads[device])  # type: ignore[arg-type]
+    return True
+
+
+def _probe_unconfirmed(core: HandlerCore) -> None:
+    """After a reconnect: ask ``get-state`` of every master that may have missed the
+    pending command (its re-published status may have come before our subscription)."""
+    work = core.work
+    for device in work.payloads:
+        if device in work.confirmed or work.answered(device) or device in core.masters.excluded:
+            continue
+        work.probing.add(device)
+        core.bus.command(device, "get-state", {})
 
 
 def _rejoin(core: HandlerCore) -> None:
@@ -565,9 +653,24 @@ def _snapshot_in(here: str) -> Callable[[HandlerInputs, HandlerCore], HandlerSna
 def _republish_in(here: str) -> Callable[[HandlerInputs, HandlerCore], None]:
     def republish(inputs: HandlerInputs, core: HandlerCore) -> None:
         _publish(core, here)
+        if core.work.kind is not None:
+            _probe_unconfirmed(core)
 
     republish.__name__ = f"republish_{here}"
     return republish
+
+
+def _state_answer_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str, str], bool]:
+    def stateAnswered(inputs: HandlerInputs, core: HandlerCore, device: str, state: str) -> bool:
+        work = core.work
+        if device not in work.probing:
+            return False
+        work.probing.discard(device)
+        _resend_if_lost(core, here, device, state, "get-state")
+        return True
+
+    stateAnswered.__name__ = f"state_answer_in_{here}"
+    return stateAnswered
 
 
 def _refuse_in(here: str, command: str, response_type: str,
@@ -609,6 +712,7 @@ for _name, _state in _ALL.items():
     _state.upon(HandlerInputs.status).loop()(_snapshot_in(_name))
     _state.upon(HandlerInputs.masterStatus).loop()(_status_in(_name))
     _state.upon(HandlerInputs.masterResponse).loop()(_response_in(_name))
+    _state.upon(HandlerInputs.stateAnswered).loop()(_state_answer_in(_name))
     if _name != "startup":
         _state.upon(HandlerInputs.mqttConnected).loop()(_republish_in(_name))
     if _name != "error":
@@ -681,7 +785,7 @@ def _load(inputs: HandlerInputs, core: HandlerCore, cmd: lp.LoadLot) -> None:
     payload = {"lot_number": cmd.lot, "devicetype": cmd.devicetype,
                "temperature": cmd.temperature}
     core.masters.expect(READY, live, fresh=True)
-    core.work.begin("load", core.settings.load_timeout)
+    core.work.begin("load", core.settings.load_timeout, {d: payload for d in live})
     core.deadline.arm(core.settings.load_timeout, inputs.deadline)
     _publish(core, "loading")
     for device in live:
@@ -723,7 +827,8 @@ def _next(inputs: HandlerInputs, core: HandlerCore, cmd: lp.StartTest) -> None:
         core.link.send(lp.error_status(plan))
         return
     core.masters.expect(READY, plan.devices, fresh=True)
-    core.work.begin("next", core.settings.next_timeout, plan)
+    core.work.begin("next", core.settings.next_timeout,
+                    {d: plan.payload(d) for d in plan.devices}, plan)
     core.deadline.arm(core.settings.next_timeout, inputs.deadline)
     inputs.testStarted()
     for device in plan.devices:
@@ -739,7 +844,7 @@ def _testStarted(inputs: HandlerInputs, core: HandlerCore) -> None:
 def _unload(inputs: HandlerInputs, core: HandlerCore) -> None:
     live = core.masters.live()
     core.masters.expect(INITIALIZED, live, fresh=True)
-    core.work.begin("unload", core.settings.unload_timeout)
+    core.work.begin("unload", core.settings.unload_timeout, {d: {} for d in live})
     core.deadline.arm(core.settings.unload_timeout, inputs.deadline)
     _publish(core, "unloading")
     for device in live:
@@ -966,9 +1071,15 @@ class HandlerController:
             self.bus.command(device, kind, {})
 
     def _answer(self, kind: str, device: str, reply: MasterReply) -> None:
+        probed = False
+        if kind == "get-state" and reply.type == "get-state":
+            state = reply.payload.get("state")
+            if isinstance(state, str):
+                probed = bool(self.machine.stateAnswered(device, state))
         query = self._queries.get(kind)
         if query is None or device not in query.waiting:
-            log.info("{kind} answer from {device} not asked for", kind=kind, device=device)
+            if not probed:
+                log.info("{kind} answer from {device} not asked for", kind=kind, device=device)
             return
         query.waiting.discard(device)
         query.answers[device] = reply

@@ -431,6 +431,7 @@ def test_next_split_and_merged_in_handler_order():
     ctl.master_response(B, next_response(("1", "P3", 7), ("0", "P2", 2)))
     ctl.master_status(B, "ready")
     assert ctl.status().state == "testing"
+    ctl.master_status(A, "testing")
     ctl.master_status(A, "ready")          # ready without response: still waiting
     assert ctl.status().state == "testing"
     ctl.master_response(A, next_response(("0", "P0", 1)))
