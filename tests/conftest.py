@@ -41,12 +41,12 @@ def mosquitto():
             print(f"--- mosquitto log ({broker.host}:{broker.port}) ---\n{log}")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_logged_errors():
-    """Opt-in: fail the test if anything logs a critical event or a failure.
+    """Every test fails if anything logs a critical event or a failure (as trial does).
 
     Yields the list of offending events so a test that expects one can
-    inspect and clear it (``events.clear()``) before the fixture checks.
+    request this fixture, inspect and clear it (``events.clear()``) before it checks.
     """
     from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 

@@ -494,11 +494,13 @@ def test_bad_construction(kw, needle):
     assert needle in str(e.value)
 
 
-def test_send_failure_is_contained():
+def test_send_failure_is_contained(no_logged_errors):
     def boom(out):
         raise RuntimeError("broker gone")
     sim = SimSites(D, ("0",), Clock(), boom)
     sim.connected()  # must not raise
+    assert no_logged_errors and all(e.get("log_failure") is not None for e in no_logged_errors)
+    no_logged_errors.clear()  # logged as a failure, on purpose
 
 
 # ---------------------------------------------------------------------------------------

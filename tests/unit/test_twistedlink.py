@@ -287,7 +287,7 @@ def test_publish_in_qos2_waits_for_pubrel_delivers_once():
     assert h.transport.take() == ack(0x70, 300)
 
 
-def test_listener_exception_is_logged_and_reading_goes_on():
+def test_listener_exception_is_logged_and_reading_goes_on(no_logged_errors):
     h = Harness()
     h.connect()
 
@@ -301,6 +301,8 @@ def test_listener_exception_is_logged_and_reading_goes_on():
     assert h.listener.take() == [("message", "a"), ("message", "b")]
     assert h.transport.take() == ack(0x40, 1) + ack(0x40, 2)
     assert sum(1 for e in events if e.get("log_failure") is not None) == 2
+    assert len(no_logged_errors) == 2
+    no_logged_errors.clear()  # the two failures above are the point of the test
 
 
 # -- PUBLISH out ---------------------------------------------------------------
