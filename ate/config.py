@@ -122,6 +122,7 @@ class MqttOptions:
     keepalive: int = 60
     subscribe_qos: int = 0
     client: str = "twisted"
+    max_packet_size: int = 4 * 1024 * 1024  # bytes after a packet's fixed header
 
 
 @dataclass(frozen=True)
@@ -533,6 +534,8 @@ def _read_mqtt(
         keepalive=r.integer("mqtt_keepalive", 60, minimum=0, maximum=65535),
         subscribe_qos=r.integer("mqtt_subscribe_qos", 0, minimum=0, maximum=2),
         client=r.choice("mqtt_client", ("twisted", "paho"), "twisted"),
+        max_packet_size=r.integer("mqtt_max_packet_size", 4 * 1024 * 1024, minimum=1024,
+                                  maximum=268_435_455),
     )
     if options.password is not None and options.username is None:
         r.fail("mqtt_password", "is set but mqtt_username is not")

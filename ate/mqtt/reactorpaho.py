@@ -22,6 +22,16 @@ on the reactor:
 
 The application side sees a L{LinkListener}: plain method calls on the
 reactor thread with decoded arguments (topic, payload, reason text, mid).
+
+Packet size cap (C{options.max_packet_size}, config C{mqtt_max_packet_size}):
+paho has no limit of its own and buffers a whole packet before handling it.
+The link hooks paho's socket read: once paho has read a packet's remaining
+length and it is above the cap, the link reads that packet's bytes itself and
+drops them (keeping only topic and packet id), logs and counts the refusal
+(C{refused_packets}) and hands paho a stand-in PUBLISH with the same topic,
+QoS and packet id and a marker payload. paho acknowledges it as usual (PUBACK,
+or PUBREC then PUBCOMP), so the session goes on, and the link never delivers
+the marker. Any other packet above the cap drops the connection.
 """
 
 from __future__ import annotations
@@ -40,6 +50,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["LinkListener", "MqttLinkError", "ReactorPaho", "make_paho_client"]
+
+DEFAULT_MAX_PACKET = 4 * 1024 * 1024  # config mqtt_max_packet_size
+#: The payload of the stand-in for a refused PUBLISH; never delivered (not JSON, so no
+#: real message of the protocol can equal it).
+_REFUSED = b"\x00ate-master: refused, larger than mqtt_max_packet_size\x00"
+_READ_CHUNK = 64 * 1024
+_READS_PER_TURN = 64  # then yield to the reactor (the socket stays readable)
+_HEAD_MAX = 2 + 65535 + 2  # topic length, the longest topic, packet id
 
 
 class MqttLinkError(Exception):
@@ -166,6 +184,13 @@ class ReactorPaho:
         self._gathering = False
         self._pahoSend = client._sock_send
         client._sock_send = self._sockSend
+        # The packet size cap: paho reads each packet body through _sock_recv.
+        self._maxPacket = DEFAULT_MAX_PACKET
+        #: PUBLISH packets refused for being larger than max_packet_size.
+        self.refused_packets = 0
+        self._refusing: dict | None = None  # the oversized packet being dropped
+        self._pahoRecv = client._sock_recv
+        client._sock_recv = self._sockRecv
 
         client.suppress_exceptions = True
         client.on_socket_open = self._guard("on_socket_open", self._socketOpened)
@@ -187,7 +212,9 @@ class ReactorPaho:
                will: tuple[str, bytes, int] | None,
                listener: LinkListener) -> "ReactorPaho":
         """Build a paho client for C{options} and wrap it."""
-        return cls(reactor, make_paho_client(options, client_id, will), listener)
+        link = cls(reactor, make_paho_client(options, client_id, will), listener)
+        link._maxPacket = int(getattr(options, "max_packet_size", DEFAULT_MAX_PACKET))
+        return link
 
     def start(self) -> None:
         """Start the C{loop_misc} timer (idempotent)."""
@@ -350,6 +377,60 @@ class ReactorPaho:
             return len(buf)
         return self._pahoSend(buf)
 
+    def _sockRecv(self, bufsize: int) -> bytes:
+        packet = self.client._in_packet
+        if packet["have_remaining"] and packet["remaining_length"] > self._maxPacket:
+            return self._dropOversized(packet)
+        self._refusing = None
+        return self._pahoRecv(bufsize)
+
+    def _dropOversized(self, packet: dict) -> bytes:
+        """Read the body of the oversized packet paho is at and drop it; once all of it
+        is read, return the stand-in PUBLISH body (see the module docstring).  Raises
+        BlockingIOError (paho: try again later) while bytes are still to come."""
+        command = packet["command"]
+        length = packet["remaining_length"]
+        state = self._refusing
+        if state is None or state["packet"] is not packet:
+            if command & 0xF0 != 0x30 or command & 6 == 6:
+                self.log.warn("MQTT packet type {type} with remaining length {size} is above "
+                              "mqtt_max_packet_size {limit}; dropping the connection",
+                              type=command >> 4, size=length, limit=self._maxPacket)
+                raise OSError(f"packet above mqtt_max_packet_size {self._maxPacket}")
+            state = self._refusing = {"packet": packet, "left": length, "head": bytearray(),
+                                      "need": 0, "logged": False}
+        qos = (command >> 1) & 3
+        head: bytearray = state["head"]
+        for _ in range(_READS_PER_TURN):
+            if not state["left"]:
+                break
+            data = self._pahoRecv(min(state["left"], _READ_CHUNK))
+            if not data:
+                return data  # EOF: paho reports the connection lost
+            state["left"] -= len(data)
+            if len(head) < _HEAD_MAX:  # topic length, topic, packet id: kept, rest dropped
+                head += data[:_HEAD_MAX - len(head)]
+            if not state["logged"] and len(head) >= 2:
+                need = 2 + ((head[0] << 8) | head[1]) + (2 if qos else 0)
+                if need > length:
+                    raise OSError("refused PUBLISH shorter than its topic and packet id")
+                if len(head) >= need:
+                    state["need"] = need
+                    state["logged"] = True
+                    self.refused_packets += 1
+                    topic = bytes(head[2:need - (2 if qos else 0)])
+                    self.log.warn(
+                        "MQTT link: PUBLISH on {topic} refused: {size} bytes, above "
+                        "mqtt_max_packet_size {limit}; skipped (not delivered, acknowledged)",
+                        topic=topic.decode("utf-8", "replace")[:200], size=length,
+                        limit=self._maxPacket)
+        if state["left"]:
+            raise BlockingIOError()  # more to come, or yield to the reactor a while
+        self._refusing = None
+        stub = bytes(head[:state["need"]]) + _REFUSED
+        packet["to_process"] = len(stub)
+        return stub
+
     def _doWrite(self) -> None:
         sock = self.client.socket()
         self._gathering = type(sock) is socket.socket and not self._blocking
@@ -401,6 +482,8 @@ class ReactorPaho:
         self.listener.linkLost(str(reason))
 
     def _onMessage(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        if message.payload == _REFUSED:
+            return  # the stand-in of a refused oversized PUBLISH (logged when read)
         self.listener.linkMessage(message.topic, message.payload, message.qos)
 
     def _onPublish(self, client: paho.Client, userdata: Any, mid: int,

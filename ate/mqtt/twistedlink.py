@@ -33,6 +33,17 @@ service can see it:
 - A malformed or unexpected packet aborts the connection; C{linkLost} names
   the problem. Nothing raises out of C{dataReceived}; listener exceptions are
   logged with C{log.failure} (like paho's guarded callbacks).
+- Packet size cap (C{options.max_packet_size}, config C{mqtt_max_packet_size},
+  default 4 MiB): a PUBLISH whose remaining length is larger is refused as
+  soon as its fixed header, topic and packet id have arrived. Its payload is
+  never buffered: the rest of its bytes are counted off as they arrive and
+  dropped. It is logged (WARNING naming topic and size), counted in
+  C{refused_packets}, never delivered, and acknowledged like any other
+  (PUBACK after its last byte for QoS 1, PUBREC then PUBCOMP for QoS 2), so
+  the broker's in-flight window for us stays open and the session goes on:
+  a single hostile publisher (even of a retained message, which would come
+  back after every reconnect) cannot make us lose the session. Any other
+  packet above the cap is a protocol error (the connection is dropped).
 
 TLS (C{options.tls}): C{tls_ca} (a PEM file, may hold several certificates)
 replaces the platform trust store; C{tls_cert} / C{tls_key} (PEM) give a
@@ -63,6 +74,7 @@ __all__ = ["TwistedLink", "create", "link_factory_for", "encode_remaining_length
 WINDOW = 20  # in-flight outgoing QoS 1/2 messages (see make_paho_client)
 CONNECT_TIMEOUT = 10.0  # seconds for TCP connect (DNS included)
 MAX_REMAINING_LENGTH = 268_435_455
+DEFAULT_MAX_PACKET = 4 * 1024 * 1024  # config mqtt_max_packet_size
 
 _H = struct.Struct(">H")
 _pack_H = _H.pack
@@ -195,6 +207,9 @@ class TwistedLink:
         self._endpoint = endpoint
         self._window = window
         self._keepalive = int(options.keepalive)
+        self._maxPacket = int(getattr(options, "max_packet_size", DEFAULT_MAX_PACKET))
+        #: PUBLISH packets refused for being larger than max_packet_size.
+        self.refused_packets = 0
         username = options.username
         self._connectPacket = connect_packet(
             client_id, self._keepalive, will, username,
@@ -216,6 +231,8 @@ class TwistedLink:
         self._lostReason: str | None = None
         self._buf = bytearray()
         self._need = 2
+        self._skip = 0  # bytes of a refused packet still to drop
+        self._afterSkip: bytes | None = None  # its PUBACK, written once it is dropped
         self._inQos2: dict[int, tuple[str, bytes]] = {}
         self._lastIn = 0.0
         self._lastOut = 0.0
@@ -354,6 +371,8 @@ class TwistedLink:
         self._lostReason = None
         self._buf = bytearray()
         self._need = 2
+        self._skip = 0
+        self._afterSkip = None
         self._inQos2 = {}
         self._pingSentAt = None
         now = self._reactor.seconds()
@@ -377,6 +396,8 @@ class TwistedLink:
         self._reading = False
         self._open = False
         self._buf = bytearray()  # a new one: a parse in progress may hold a view
+        self._skip = 0
+        self._afterSkip = None
         self._inQos2 = {}
         self._cancelKeepalive()
         self._dropQ0()
@@ -487,6 +508,16 @@ class TwistedLink:
         if conn is not self._conn or not self._reading:
             return
         self._lastIn = self._reactor.seconds()
+        if self._skip:  # inside a refused packet: drop its bytes, keep nothing
+            n = len(data)
+            if n < self._skip:
+                self._skip -= n
+                return
+            data = data[self._skip:]
+            self._skip = 0
+            self._skipped()
+            if not data or not self._reading:
+                return
         buf = self._buf
         if buf:
             buf += data
@@ -537,6 +568,32 @@ class TwistedLink:
                         break
                     start = i
                     stop = start + length
+                if stop - start > self._maxPacket:
+                    # too large: refused from its header on, its payload never buffered
+                    if first & 0xF0 != 0x30 or not self._gotConnack or first & 6 == 6:
+                        self._protocolError(
+                            conn, f"packet type {first >> 4} with remaining length "
+                            f"{stop - start} (above mqtt_max_packet_size {self._maxPacket})")
+                        return pos
+                    if end - start < 2:
+                        self._need = start + 2 - pos
+                        break
+                    te = start + 2 + ((data[start] << 8) | data[start + 1])
+                    head = te + 2 if first & 6 else te
+                    if head > stop:
+                        self._protocolError(conn, "PUBLISH shorter than its topic and packet id")
+                        return pos
+                    if head > end:
+                        self._need = head - pos
+                        break
+                    self._refuse(first, mv, start, te, stop)
+                    if stop > end:
+                        self._skip = stop - end
+                        self._need = 2
+                        return end
+                    self._skipped()
+                    pos = stop
+                    continue
                 if stop > end:
                     self._need = stop - pos
                     break
@@ -581,6 +638,33 @@ class TwistedLink:
                     self._control(conn, first, data, start, stop)
                 pos = stop
         return pos
+
+    def _refuse(self, first: int, mv: memoryview, start: int, te: int, stop: int) -> None:
+        """Refuse the PUBLISH at C{start}: log, count, prepare its acknowledgement."""
+        qos = (first >> 1) & 3
+        try:
+            topic = str(mv[start + 2:te], "utf-8")
+        except UnicodeDecodeError:
+            topic = repr(bytes(mv[start + 2:min(te, start + 202)]))
+        self.refused_packets += 1
+        self.log.warn(
+            "MQTT link: PUBLISH on {topic} refused: {size} bytes, above "
+            "mqtt_max_packet_size {limit}; skipped (not delivered, acknowledged)",
+            topic=topic[:200], size=stop - start, limit=self._maxPacket)
+        self._afterSkip = None
+        if qos:
+            mid = (mv[te] << 8) | mv[te + 1]
+            if qos == 1:
+                self._afterSkip = _ACK(0x40, 2, mid)
+            else:  # QoS 2: PUBREC now is what paho does too; its PUBREL gets a PUBCOMP
+                self._inQos2.pop(mid, None)
+                self._afterSkip = _ACK(0x50, 2, mid)
+
+    def _skipped(self) -> None:
+        """The refused packet's last byte is gone: acknowledge it."""
+        ack, self._afterSkip = self._afterSkip, None
+        if ack is not None and self._transport is not None:
+            self._write(ack)
 
     def _control(self, conn: _Connection, first: int, data: Any, start: int, stop: int) -> None:
         """Every packet but an accepted session's PUBLISH."""
