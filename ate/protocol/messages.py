@@ -49,7 +49,7 @@ __all__ = [
     "HandlerStatus", "HandlerCommand", "HandlerResponse",
     # misc
     "Message", "Codec", "HANDLER_COMMANDS", "RESPONSE_TYPES", "CONTROL_STATES",
-    "TESTAPP_STATES", "MESSAGE_TYPES", "dumps",
+    "TESTAPP_STATES", "MESSAGE_TYPES", "dumps", "MAX_JSON_DEPTH", "json_too_deep",
 ]
 
 #: Handler command types accepted on ``~/Master/cmd`` (2.2; ``endlot`` is an alias).
@@ -458,6 +458,35 @@ def _jtype(value: Any) -> str:
 _json_decode = json.JSONDecoder().decode
 
 
+#: The deepest nesting of arrays and objects accepted in JSON from outside (MQTT payloads,
+#: HTTP bodies, websocket frames).  The protocol's messages nest 4 levels at most; a
+#: decoded value nested close to Python's recursion limit would make every later
+#: encoder or walker over it raise RecursionError.
+MAX_JSON_DEPTH = 64
+_CONTAINERS = frozenset((dict, list))
+
+
+def json_too_deep(obj: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if the decoded JSON value ``obj`` nests arrays/objects more than ``limit``
+    levels deep (a scalar is level 0, ``[]`` level 1).  Iterative, one level at a time."""
+    if type(obj) not in _CONTAINERS:
+        return False
+    level = [obj]
+    depth = 0
+    flat = _CONTAINERS.isdisjoint
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list = []
+        for o in level:
+            values = o.values() if type(o) is dict else o
+            if not flat(map(type, values)):
+                below += [v for v in values if type(v) in _CONTAINERS]
+        level = below
+    return False
+
+
 def _loads(topic: str, payload: bytes, site: str | None = None) -> dict:
     """Parse one JSON object or raise ``ProtocolError(kind="not-json")``."""
     try:
@@ -470,6 +499,12 @@ def _loads(topic: str, payload: bytes, site: str | None = None) -> dict:
             topic, None, f"payload is not valid JSON: {reason[:120]}",
             site=site, kind="not-json",
         ) from None
+    # deeper than the limit needs at least 2 * (limit + 1) bytes: short payloads skip the walk
+    if len(payload) > 2 * MAX_JSON_DEPTH and json_too_deep(obj):
+        raise ProtocolError(
+            topic, None, f"payload is not valid JSON: nested deeper than {MAX_JSON_DEPTH} "
+            "levels", site=site, kind="not-json",
+        )
     if type(obj) is not dict:
         raise ProtocolError(
             topic, None, f"payload must be a JSON object, got {_jtype(obj)}",
