@@ -6,7 +6,15 @@ Records are plain dicts keyed by STDF V4 field names, with the record name under
 :func:`encode` turns one record into the bytes of one STDF record (header included).
 A field that is absent or ``None`` is written as the STDF "missing" value of that field
 and, where the standard says so, the matching ``OPT_FLAG`` (or ``TEST_FLG``) bit is set.
-Bad values raise :class:`RecordError` naming the field.
+
+Two modes. Without ``fixes``, bad values raise :class:`RecordError` naming the field.
+With a :class:`Fixes` collector the encoder is total: every value is made writable
+(:func:`sanitise`) and each change is counted in the collector by kind (``FIX_*``):
+``C*n``/``C*1`` text becomes ASCII (``?`` for anything else, ``...`` for ``…``) and at
+most 255 bytes (cut to 252 plus ``...``), integers are clamped to their field's range
+(Infinity too; NaN and values of the wrong type are written as missing), array counts are
+made to match their arrays. Floats, non-finite ones included, are written as IEEE values.
+Records that are clean already take the fast path and cost nothing extra.
 
 :func:`iter_records` and :func:`decode` read files back (either endianness); they are what
 crash recovery needs, not a full-featured reader.
@@ -24,6 +32,11 @@ from typing import Any, BinaryIO
 __all__ = [
     "RecordError",
     "RECORD_TYPES",
+    "Fixes",
+    "FIX_KINDS",
+    "sanitise",
+    "writable_int",
+    "ascii_patch",
     "encode",
     "decode",
     "iter_records",
@@ -39,6 +52,49 @@ class RecordError(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+# What the sanitising encoder changes, one kind per kind of change (counted per lot).
+FIX_ASCII = "non-ASCII text replaced by '?'"
+FIX_LONG = "text longer than 255 bytes truncated"
+FIX_TEXT = "number in a text field written as text"
+FIX_CHAR = "text in a one-character field cut to its first character"
+FIX_RANGE = "integer outside its STDF field range clamped"
+FIX_FLOAT = "non-integer number in an integer field rounded"
+FIX_NONFINITE = "Infinity clamped, NaN written as missing, in an integer field"
+FIX_TYPE = "value of the wrong type written as missing"
+FIX_ARRAY = "array count not matching its arrays made to match"
+FIX_KINDS = (FIX_ASCII, FIX_LONG, FIX_TEXT, FIX_CHAR, FIX_RANGE, FIX_FLOAT, FIX_NONFINITE,
+             FIX_TYPE, FIX_ARRAY)
+
+
+class Fixes:
+    """What the encoder changed to make records writable: a count per kind (``FIX_*``)
+    and, per kind, where it happened first (``"PRR.TEST_T: inf -> 4294967295"``)."""
+
+    __slots__ = ("counts", "first")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, str] = {}
+
+    def note(self, kind: str, where: str) -> None:
+        n = self.counts.get(kind)
+        if n is None:
+            self.counts[kind] = 1
+            self.first[kind] = where
+        else:
+            self.counts[kind] = n + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def __repr__(self) -> str:
+        return f"Fixes({self.counts!r})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,7 +271,10 @@ def _check_int(name: str, kind: str, value: Any) -> int:
 def _check_float(name: str, kind: str, value: Any) -> float:
     if isinstance(value, (str, bytes)) or not isinstance(value, Real):
         raise RecordError(name, f"expected a number for {kind}, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: IEEE rounding gives an infinity
+        return math.inf if value > 0 else -math.inf
 
 
 def _pack_float(st: struct.Struct, value: float) -> bytes:
@@ -228,10 +287,19 @@ def _pack_float(st: struct.Struct, value: float) -> bytes:
 
 def _str_bytes(name: str, value: Any) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        if not value.isascii():
+            raise RecordError(name, f"text {_short(value)} is not ASCII")
+        return value.encode("ascii")
     if isinstance(value, (bytes, bytearray)):
+        if not value.isascii():
+            raise RecordError(name, f"text {_short(value)} is not ASCII")
         return bytes(value)
     raise RecordError(name, f"expected a string, got {type(value).__name__}")
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _enc_cn(name: str, value: Any) -> bytes:
@@ -379,6 +447,309 @@ def _encode_generic(spec: _Spec, rec: Mapping[str, Any], e: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
+# Making any record writable (the total encoder)
+# ---------------------------------------------------------------------------------------
+
+_R4_FIELD_KINDS = ("R4", "R8")
+_N1_RANGE = (0, 15)
+
+
+def _int_fix(value: Any, lo: int, hi: int) -> tuple[int | None, str | None]:
+    """``value`` as an integer lo..hi (None: write as missing) and the fix kind, if any."""
+    if isinstance(value, int):
+        if lo <= value <= hi:
+            return value, None
+        return (lo if value < lo else hi), FIX_RANGE
+    if isinstance(value, Real) and not isinstance(value, (str, bytes)):
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf if value > 0 else -math.inf
+        if f != f:
+            return None, FIX_NONFINITE
+        if f in (math.inf, -math.inf):
+            return (hi if f > 0 else lo), FIX_NONFINITE
+        return min(max(int(round(f)), lo), hi), FIX_FLOAT
+    return None, FIX_TYPE
+
+
+def writable_int(kind: str, value: Any) -> int | None:
+    """The value an STDF integer field of ``kind`` (U1 U2 U4 I1 I2 I4 B1) gets for
+    ``value`` from the sanitising encoder: clamped to the field's range, Infinity to its
+    end, a fraction rounded; None (written as missing) for None, NaN or a non-number."""
+    lo, hi = _INT_RANGE[kind]
+    if type(value) is int and lo <= value <= hi:
+        return value
+    if value is None:
+        return None
+    return _int_fix(value, lo, hi)[0]
+
+
+def _text_fix(value: Any, where: str, fixes: Fixes, limit: int = 255) -> Any:
+    """A C*n value as ASCII text of at most ``limit`` bytes (None: missing)."""
+    if type(value) is str:
+        text = value
+    elif isinstance(value, (bytes, bytearray)):
+        if value.isascii() and len(value) <= limit:
+            return value
+        text = bytes(value).decode("latin-1")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = str(value)
+        fixes.note(FIX_TEXT, f"{where}: {_short(value)} written as text")
+    elif isinstance(value, str):  # a str subclass
+        text = str(value)
+    else:
+        fixes.note(FIX_TYPE, f"{where}: {type(value).__name__} {_short(value)} "
+                             f"is not text")
+        return None
+    if not text.isascii():
+        fixes.note(FIX_ASCII, f"{where}: {_short(text)}")
+        text = text.replace("\u2026", "...").encode("ascii", "replace").decode("ascii")
+    if len(text) > limit:
+        fixes.note(FIX_LONG, f"{where}: text of {len(text)} bytes")
+        text = text[:limit - 3] + "..."
+    return text
+
+
+def _char_fix(value: Any, where: str, fixes: Fixes) -> Any:
+    """A C*1 value as one ASCII character (None or empty: a space)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    if not isinstance(value, str):
+        fixes.note(FIX_TYPE, f"{where}: {type(value).__name__} {_short(value)} "
+                             f"is not a character")
+        return None
+    text = value
+    if not text.isascii():
+        fixes.note(FIX_ASCII, f"{where}: {_short(text)}")
+        text = text.encode("ascii", "replace").decode("ascii")
+    if len(text) > 1:
+        fixes.note(FIX_CHAR, f"{where}: {_short(text)}")
+        text = text[0]
+    return text
+
+
+def _float_fix(value: Any, where: str, fixes: Fixes) -> Any:
+    if isinstance(value, Real) and not isinstance(value, (str, bytes)):
+        return value  # any real number, Infinity and NaN included, has an IEEE value
+    fixes.note(FIX_TYPE, f"{where}: {type(value).__name__} {_short(value)} "
+                         f"is not a number")
+    return None
+
+
+def _bits_fix(name: str, value: Any, where: str, fixes: Fixes, limit: int) -> Any:
+    if isinstance(value, (bytes, bytearray)) and len(value) > limit:
+        fixes.note(FIX_LONG, f"{where}: bit field of {len(value)} bytes")
+        return bytes(value[:limit])
+    try:
+        _bit_bytes(name, value, limit)
+    except RecordError as err:
+        fixes.note(FIX_TYPE, f"{where}: {err.reason}")
+        return None
+    return value
+
+
+def _element_fix(elem: str, values: Any, where: str, fixes: Fixes) -> list:
+    out = []
+    if elem == "R4":
+        for v in values:
+            if isinstance(v, Real) and not isinstance(v, (str, bytes)):
+                out.append(v)
+            else:
+                fixes.note(FIX_TYPE, f"{where}: element {_short(v)} is not a number")
+                out.append(math.nan)
+        return out
+    lo, hi = _N1_RANGE if elem == "N1" else _INT_RANGE[elem]
+    for v in values:
+        fixed, kind = _int_fix(v, lo, hi)
+        if kind is not None:
+            fixes.note(kind, f"{where}: element {_short(v)} -> {fixed}")
+        out.append(0 if fixed is None else fixed)
+    return out
+
+
+# Per record: count field -> the array fields it governs (in record order).
+_ARRAYS: dict[str, dict[str, tuple[_Field, ...]]] = {}
+for _name, _s in _SPECS.items():
+    _groups: dict[str, list[_Field]] = {}
+    for _fld in _s.fields:
+        if _fld.count:
+            _groups.setdefault(_fld.count, []).append(_fld)
+    _ARRAYS[_name] = {c: tuple(f) for c, f in _groups.items()}
+del _name, _s, _groups, _fld
+
+
+def _sanitise(spec: _Spec, rec: Mapping[str, Any], fixes: Fixes) -> dict[str, Any]:
+    out = dict(rec)
+    rname = spec.name
+    for fld in spec.fields:
+        if fld.count:
+            continue  # arrays below, with their counts
+        value = rec.get(fld.name)
+        if value is None:
+            continue
+        kind = fld.kind
+        where = f"{rname}.{fld.name}"
+        if kind == "Cn":
+            if type(value) is str and len(value) <= 255 and value.isascii():
+                continue
+            fixed = _text_fix(value, where, fixes)
+        elif kind in _INT_RANGE:
+            lo, hi = _INT_RANGE[kind]
+            fixed, fix = _int_fix(value, lo, hi)
+            if fix is None:
+                continue
+            fixes.note(fix, f"{where}: {_short(value)} -> {fixed}")
+        elif kind in _R4_FIELD_KINDS:
+            fixed = _float_fix(value, where, fixes)
+        elif kind == "C1":
+            fixed = _char_fix(value, where, fixes)
+        elif kind == "Bn":
+            fixed = _bits_fix(fld.name, value, where, fixes, 255)
+        elif kind == "Dn":
+            fixed = _bits_fix(fld.name, value, where, fixes, 8191)
+        else:  # pragma: no cover - specification error
+            continue
+        if fixed is not value:
+            out[fld.name] = fixed
+    for cname, flds in _ARRAYS[rname].items():
+        limit = 255 if rname == "SDR" else 65535
+        lengths: dict[str, int] = {}
+        for fld in flds:
+            value = out.get(fld.name)
+            if value is None:
+                continue
+            where = f"{rname}.{fld.name}"
+            if not isinstance(value, (list, tuple)):
+                fixes.note(FIX_TYPE, f"{where}: {type(value).__name__} {_short(value)} "
+                                     f"is not an array")
+                out[fld.name] = None
+                continue
+            out[fld.name] = _element_fix(fld.kind[1:], value, where, fixes)
+            lengths[fld.name] = len(value)
+        given = out.get(cname)
+        n = min(max(lengths.values(), default=0), limit)
+        if (given is None or given == n) and all(lengths.get(f.name, 0) == n
+                                                 for f in flds):
+            continue  # a missing count is derived from the arrays
+        fixes.note(FIX_ARRAY, f"{rname}.{cname}: {_short(given)} for arrays of "
+                              f"{', '.join(f'{k} {v}' for k, v in lengths.items()) or 'none'}")
+        out[cname] = n
+        for fld in flds:
+            items = list(out.get(fld.name) or ())[:n]
+            pad = math.nan if fld.kind == "kR4" else 0
+            out[fld.name] = items + [pad] * (n - len(items))
+    return out
+
+
+def _spec_of(record: Mapping[str, Any]) -> _Spec:
+    if not isinstance(record, Mapping):
+        raise RecordError("record", f"expected a dict, got {type(record).__name__}")
+    name = record_name(record)
+    spec = _SPECS.get(name) if name is not None else None
+    if spec is None:
+        raise RecordError("type", f"unknown record type {name!r}")
+    return spec
+
+
+def sanitise(record: Mapping[str, Any], fixes: Fixes | None = None) -> dict[str, Any]:
+    """A copy of ``record`` in which every field is writable; each change is noted in
+    ``fixes``. Raises :class:`RecordError` only for an unknown record type."""
+    return _sanitise(_spec_of(record), record, Fixes() if fixes is None else fixes)
+
+
+def _encode_total(spec: _Spec, rec: Mapping[str, Any], e: str, fixes: Fixes | None) -> bytes:
+    """The generic encoder; with ``fixes``, a record it refuses is sanitised and encoded
+    again (clean records pay nothing for that)."""
+    try:
+        return _encode_generic(spec, rec, e)
+    except (RecordError, TypeError, OverflowError):
+        if fixes is None:
+            raise
+    return _encode_generic(spec, _sanitise(spec, rec, fixes), e)
+
+
+_SIZES = {"U1": 1, "B1": 1, "I1": 1, "U2": 2, "I2": 2, "U4": 4, "I4": 4, "R4": 4, "R8": 8}
+
+
+def _layout(spec: _Spec) -> tuple[tuple, ...]:
+    """The walk over a record body that finds its text: runs of fixed-size fields merged
+    into one skip; count fields kept (the arrays after them need their value)."""
+    counts = {f.count for f in spec.fields if f.count}
+    steps: list[tuple] = []
+    for fld in spec.fields:
+        kind = fld.kind
+        if kind in _SIZES and fld.name not in counts:
+            if steps and steps[-1][0] == "skip":
+                steps[-1] = ("skip", steps[-1][1] + _SIZES[kind])
+            else:
+                steps.append(("skip", _SIZES[kind]))
+        elif kind in _SIZES:
+            steps.append(("count", fld.name, kind))
+        elif kind.startswith("k"):
+            steps.append(("array", fld.count, kind[1:]))
+        else:
+            steps.append((kind,))
+    return tuple(steps)
+
+
+_LAYOUTS = {name: _layout(spec) for name, spec in _SPECS.items()}
+
+
+def ascii_patch(raw: "RawRecord", endian: str = "<") -> bytes | None:
+    """The body of ``raw`` with every non-ASCII byte of its text fields replaced by ``?``
+    (same length, so a file can be patched in place), or None if there is none."""
+    body = raw.body
+    if body.isascii():
+        return None
+    spec = _BY_TYPE.get((raw.rec_typ, raw.rec_sub))
+    if spec is None:
+        return None
+    size = len(body)
+    pos = 0
+    counts: dict[str, int] = {}
+    bad: list[tuple[int, int]] = []
+    for step in _LAYOUTS[spec.name]:
+        if pos >= size:
+            break
+        op = step[0]
+        if op == "skip":
+            pos += step[1]
+        elif op == "Cn":
+            end = min(pos + 1 + body[pos], size)
+            if not body[pos + 1:end].isascii():
+                bad.append((pos + 1, end))
+            pos = end
+        elif op == "C1":
+            if body[pos] >= 0x80:
+                bad.append((pos, pos + 1))
+            pos += 1
+        elif op == "count":
+            n = _SIZES[step[2]]
+            counts[step[1]] = int.from_bytes(body[pos:pos + n],
+                                             "little" if endian == "<" else "big")
+            pos += n
+        elif op == "array":
+            n = counts.get(step[1], 0)
+            pos += (n + 1) // 2 if step[2] == "N1" else n * _SIZES[step[2]]
+        elif op == "Bn":
+            pos += 1 + body[pos]
+        elif op == "Dn":
+            if pos + 2 > size:
+                break
+            bits = int.from_bytes(body[pos:pos + 2], "little" if endian == "<" else "big")
+            pos += 2 + (bits + 7) // 8
+    if not bad:
+        return None
+    out = bytearray(body)
+    for start, end in bad:
+        for i in range(start, end):
+            if out[i] >= 0x80:
+                out[i] = 0x3F
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
 # Fast paths for the hot records (PIR, PTR, PRR)
 # ---------------------------------------------------------------------------------------
 
@@ -394,11 +765,9 @@ def _cn_fast(value: Any) -> bytes:
         pass
     if value is None:
         return b"\x00"
-    if type(value) is not str:
-        raise TypeError("not a str")
-    data = value.encode("utf-8")
-    if len(data) > 255:
-        raise ValueError("too long")
+    if type(value) is not str or not value.isascii() or len(value) > 255:
+        raise ValueError("not plain ASCII text of at most 255 bytes")
+    data = value.encode("ascii")
     out = bytes((len(data),)) + data
     if len(_CN_CACHE) >= _CN_CACHE_MAX:
         _CN_CACHE.clear()
@@ -418,13 +787,13 @@ def _make_fast(e: str):
     prr_a = struct.Struct(e + "BBBHHHhhI")
     spec_ptr, spec_prr, spec_pir = _SPECS["PTR"], _SPECS["PRR"], _SPECS["PIR"]
 
-    def pir(r: Mapping[str, Any]) -> bytes:
+    def pir(r: Mapping[str, Any], fixes: Fixes | None = None) -> bytes:
         try:
             return pir_s.pack(2, 5, 10, r["HEAD_NUM"], r["SITE_NUM"])
         except _FAST_ERRORS:
-            return _encode_generic(spec_pir, r, e)
+            return _encode_total(spec_pir, r, e, fixes)
 
-    def ptr(r: Mapping[str, Any]) -> bytes:
+    def ptr(r: Mapping[str, Any], fixes: Fixes | None = None) -> bytes:
         try:
             body = b"".join((
                 ptr_a.pack(r["TEST_NUM"], r["HEAD_NUM"], r["SITE_NUM"], r["TEST_FLG"],
@@ -438,9 +807,9 @@ def _make_fast(e: str):
             ))
             return ptr_h.pack(len(body), 15, 10) + body
         except _FAST_ERRORS:
-            return _encode_generic(spec_ptr, r, e)
+            return _encode_total(spec_ptr, r, e, fixes)
 
-    def prr(r: Mapping[str, Any]) -> bytes:
+    def prr(r: Mapping[str, Any], fixes: Fixes | None = None) -> bytes:
         try:
             fix = r["PART_FIX"]
             if fix is None:
@@ -457,7 +826,7 @@ def _make_fast(e: str):
             ))
             return ptr_h.pack(len(body), 5, 20) + body
         except _FAST_ERRORS:
-            return _encode_generic(spec_prr, r, e)
+            return _encode_total(spec_prr, r, e, fixes)
 
     return {"PIR": pir, "PTR": ptr, "PRR": prr}
 
@@ -466,12 +835,13 @@ _FAST = {e: _make_fast(e) for e in ("<", ">")}
 
 
 def _generic_encoder(spec: _Spec, e: str):
-    def enc(r: Mapping[str, Any]) -> bytes:
-        return _encode_generic(spec, r, e)
+    def enc(r: Mapping[str, Any], fixes: Fixes | None = None) -> bytes:
+        return _encode_total(spec, r, e, fixes)
     return enc
 
 
-#: Per endianness, record name -> encoder function taking the record dict.
+#: Per endianness, record name -> encoder function taking the record dict and an
+#: optional :class:`Fixes` (given: total, every record is made writable).
 ENCODERS: dict[str, dict[str, Any]] = {
     e: {n: _FAST[e].get(n) or _generic_encoder(s, e) for n, s in _SPECS.items()}
     for e in ("<", ">")
@@ -479,28 +849,27 @@ ENCODERS: dict[str, dict[str, Any]] = {
 
 
 def record_name(record: Mapping[str, Any]) -> str | None:
-    """The record type name of a record dict (``type``, else ``rec_id``), or None."""
+    """The record type name of a record dict (``type`` if a string, else ``rec_id``, as
+    the protocol codec reads it), or None."""
     name = record.get("type")
-    if name is None:
-        name = record.get("rec_id")
-    return name if isinstance(name, str) else None
+    if type(name) is str:
+        return name
+    name = record.get("rec_id")
+    return name if type(name) is str else None
 
 
-def encode(record: Mapping[str, Any], endian: str = "<") -> bytes:
+def encode(record: Mapping[str, Any], endian: str = "<",
+           fixes: Fixes | None = None) -> bytes:
     """Encode one record dict as STDF V4 bytes (header included).
 
     ``endian`` is ``"<"`` (little, CPU_TYPE 2) or ``">"`` (big, CPU_TYPE 1).
-    Raises :class:`RecordError` for an unknown record type or a bad field value.
+    Raises :class:`RecordError` for an unknown record type, and, without ``fixes``, for
+    a bad field value. With ``fixes`` every field is made writable and the changes are
+    noted there; only a record body beyond 65535 bytes still raises.
     """
     if endian not in ENCODERS:
         raise RecordError("endian", f"must be '<' or '>', got {endian!r}")
-    if not isinstance(record, Mapping):
-        raise RecordError("record", f"expected a dict, got {type(record).__name__}")
-    name = record_name(record)
-    enc = ENCODERS[endian].get(name) if name is not None else None
-    if enc is None:
-        raise RecordError("type", f"unknown record type {name!r}")
-    return enc(record)
+    return ENCODERS[endian][_spec_of(record).name](record, fixes)
 
 
 # ---------------------------------------------------------------------------------------
