@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ate.stdf.records import writable_int
 from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin
 from ate.stdf.summary import mir_record
 
@@ -71,10 +72,11 @@ def _bin_value(value: Any, what: str, site: str) -> int:
 
 
 def _record_type(record: Any) -> Any:
+    """``type`` if it is a string, else ``rec_id`` (as the protocol codec reads it)."""
     if not isinstance(record, Mapping):
         return None
     name = record.get("type")
-    return record.get("rec_id") if name is None else name
+    return name if type(name) is str else record.get("rec_id")
 
 
 class Lot:
@@ -127,7 +129,9 @@ class Lot:
         """Count one site result (PIR … PRR) in O(1); a known part id is a retest.
 
         Raises ValueError naming the problem (unconfigured site, not exactly one PRR,
-        bad SOFT_BIN/HARD_BIN); nothing is counted then.
+        bad SOFT_BIN/HARD_BIN); nothing is counted then. Other PRR fields never raise:
+        HEAD_NUM, PART_FLG and TEST_T are taken as the datalog writes them (clamped to
+        their STDF range, Infinity to its end; NaN or a non-number as missing).
         """
         site = str(site)
         if site not in self._site_set:
@@ -144,13 +148,9 @@ class Lot:
         if hard is None:
             hard = self._hbin_of(soft, 0)
         hard = _bin_value(hard, "HARD_BIN", site)
-        head = prr.get("HEAD_NUM")
-        head = head if isinstance(head, int) and not isinstance(head, bool) else 0
-        flag = prr.get("PART_FLG")
-        flag = flag if isinstance(flag, int) and not isinstance(flag, bool) else None
-        test_t = prr.get("TEST_T")
-        if isinstance(test_t, bool) or not isinstance(test_t, (int, float)):
-            test_t = None
+        head = writable_int("U1", prr.get("HEAD_NUM")) or 0
+        flag = writable_int("B1", prr.get("PART_FLG"))
+        test_t = writable_int("U4", prr.get("TEST_T"))
 
         self.parts_tested += 1
         warnings: tuple[str, ...] = ()
@@ -179,7 +179,7 @@ class Lot:
         return PartOutcome(
             site=site, part_id=part_id, soft_bin=soft, hard_bin=hard, passed=passed,
             retest=old is not None, unknown_soft_bin=soft not in self._entries,
-            test_time_ms=None if test_t is None else int(test_t), warnings=warnings)
+            test_time_ms=test_t, warnings=warnings)
 
     @staticmethod
     def _part_id(prr: Mapping[str, Any]) -> str | None:

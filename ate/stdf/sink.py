@@ -5,6 +5,12 @@ load is accepted, the header (FAR MIR SDR) is written with the first parts, ever
 completed handler cycle is appended as one ``write`` plus ``flush``, and ``fsync`` runs
 at a configured cadence in a thread. :meth:`Datalog.finalise` writes the footer
 (SBR HBR TSR PCR MRR) and closes the file, plus a JSON and a text summary beside it.
+
+Whatever arrives, every record is written in a form STDF readers accept: the encoder is
+total (``ate.stdf.records``, with a :class:`Fixes` per lot). What had to be changed
+(non-ASCII or over-long text, integers out of range, Infinity/NaN in integer fields …)
+is counted per lot and kind, logged once per kind with where it happened first, and
+listed in ``problems`` and in the summary files (``datalog_fixes``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 from twisted.logger import Logger
 
 import ate
-from ate.stdf.records import ENCODERS, RecordError, encode, record_name
+from ate.stdf.records import ENCODERS, Fixes, RecordError, encode, record_name, sanitise
 from ate.stdf.summary import mir_record, summary_text
 
 __all__ = ["Datalog", "PART_RECORD_TYPES"]
@@ -40,7 +46,8 @@ def _part_name(records: Sequence[Any]) -> str:
         if isinstance(rec, Mapping) and record_name(rec) == "PRR":
             pid = rec.get("PART_ID")
             if pid not in (None, ""):
-                return str(pid)
+                text = str(pid)
+                return text if len(text) <= 40 else repr(text[:37] + "...")
             x, y = rec.get("X_COORD"), rec.get("Y_COORD")
             if x is not None and y is not None:
                 return f"{x}x{y}"
@@ -65,6 +72,9 @@ class Datalog:
         self.setup_t = setup_t
         self.finalised = False
         self.problems: list[str] = []
+        #: What was changed to make this lot's records writable, by kind.
+        self.fixes = Fixes()
+        self._fixes_logged: set[str] = set()
         self._file = fileobj
         self._clock = clock
         self._fsync_interval = max(0.0, float(fsync_interval))
@@ -127,18 +137,34 @@ class Datalog:
         sdr = {"type": "SDR", "HEAD_NUM": 0, "SITE_GRP": 0, "SITE_CNT": len(self.sites),
                "SITE_NUM": [int(s) for s in self.sites]}
         self._header_written = True
-        e = self._endian
-        return (encode({"type": "FAR", "CPU_TYPE": 2 if e == "<" else 1, "STDF_VER": 4}, e)
-                + encode(mir, e) + encode(sdr, e))
+        e, fixes = self._endian, self.fixes
+        data = (encode({"type": "FAR", "CPU_TYPE": 2 if e == "<" else 1, "STDF_VER": 4}, e)
+                + encode(mir, e, fixes) + encode(sdr, e, fixes))
+        self._report_fixes("the header")
+        return data
+
+    def _report_fixes(self, where: str) -> None:
+        """Log each kind of fix the first time it happens in this lot (not per part)."""
+        if len(self.fixes.counts) == len(self._fixes_logged):
+            return
+        for kind, first in self.fixes.first.items():
+            if kind in self._fixes_logged:
+                continue
+            self._fixes_logged.add(kind)
+            message = (f"datalog {self.path}: {kind}, first in {where} ({first}); each "
+                       f"such change is counted in the lot summary")
+            self.problems.append(message)
+            self.log.warn("{message}", message=message)
 
     def write_parts(self, parts: Sequence[tuple[str, Sequence[dict]]],
                     start_t: float) -> list[str]:
         """Append one completed handler cycle: ``[(site, records), ...]``.
 
         Writes the header first if needed (START_T = ``start_t`` of the first call). All
-        records go out in one write and one flush. Records that cannot be encoded, or
-        whose type is not accepted, are skipped and reported; this never raises for bad
-        records.
+        records go out in one write and one flush. Field values STDF cannot hold are made
+        writable and counted (:attr:`fixes`); records whose type is not accepted (or, for
+        an MPR/FTR, whose body would exceed 65535 bytes) are skipped and reported. A PRR
+        is always written. This never raises for bad records.
         """
         if self.finalised:
             return [f"datalog {self.path} is finalised; {len(parts)} part(s) not written"]
@@ -147,11 +173,12 @@ class Datalog:
         if not self._header_written:
             chunks.append(self._header(start_t))
         encoders = self._encoders
+        fixes = self.fixes
         for site, records in parts:
             for index, rec in enumerate(records):
                 try:
                     name = rec.get("type")
-                    if name is None:
+                    if type(name) is not str:
                         name = rec.get("rec_id")
                     encoder = encoders.get(name)
                 except (AttributeError, TypeError):
@@ -163,13 +190,15 @@ class Datalog:
                         f"(only {', '.join(PART_RECORD_TYPES)})")
                     continue
                 try:
-                    chunks.append(encoder(rec))
+                    chunks.append(encoder(rec, fixes))
                 except RecordError as err:
                     problems.append(f"site {site}, part {_part_name(records)}: {name} "
                                     f"record {index} not written: {err}")
                 except Exception as err:  # never let one bad record stop the datalog
                     problems.append(f"site {site}, part {_part_name(records)}: {name} "
                                     f"record {index} not written: {err!r}")
+            if len(fixes.counts) != len(self._fixes_logged):
+                self._report_fixes(f"site {site}, part {_part_name(records)}")
         self._write(b"".join(chunks), problems)
         return problems
 
@@ -190,7 +219,8 @@ class Datalog:
             self._timer = self._clock.callLater(self._fsync_interval, self._on_timer)
 
     def add_summary(self, site: str, tsr_records: Sequence[dict]) -> list[str]:
-        """Keep a TestApp's test summary (TSRs) for the footer; report bad records."""
+        """Keep a TestApp's test summary (TSRs) for the footer, made writable (counted in
+        :attr:`fixes`); report records that are not TSRs."""
         problems = []
         for index, rec in enumerate(tsr_records):
             if not isinstance(rec, Mapping) or record_name(rec) != "TSR":
@@ -198,11 +228,13 @@ class Datalog:
                                 f"record type {_describe_type(rec)} is not TSR")
                 continue
             try:
-                encode(rec, self._endian)
-            except RecordError as err:
+                clean = sanitise(rec, self.fixes)
+                encode(clean, self._endian)
+            except Exception as err:  # cannot happen for a sanitised TSR; never raise
                 problems.append(f"site {site}: TSR {index} ignored: {err}")
                 continue
-            self._tsrs.append(dict(rec))
+            self._tsrs.append(clean)
+        self._report_fixes(f"the test summary of site {site}")
         return problems
 
     # -- durability ------------------------------------------------------------------------
@@ -276,19 +308,32 @@ class Datalog:
         chunks: list[bytes] = []
         if not self._header_written:
             chunks.append(self._header(self.setup_t))
-        records = lot.summary_records(self._tsrs)
+        try:
+            records = list(lot.summary_records(self._tsrs))
+        except Exception as err:  # the MRR is written whatever happened to the counts
+            records = []
+            message = f"datalog {self.path}: summary records not written: {err!r}"
+            self.problems.append(message)
+            self.log.error("{message}", message=message)
         records.append({"type": "MRR", "FINISH_T": int(finish_t), "DISP_COD": " ",
                         "USR_DESC": "", "EXC_DESC": reason or ""})
         for rec in records:
             try:
-                chunks.append(encode(rec, self._endian))
-            except RecordError as err:
+                chunks.append(encode(rec, self._endian, self.fixes))
+            except Exception as err:
                 message = f"datalog {self.path}: {rec.get('type')} not written: {err}"
                 self.problems.append(message)
                 self.log.warn("{message}", message=message)
+        self._report_fixes("the footer")
+        if self.fixes:
+            self.log.info("datalog {path}: fields made writable in this lot: {counts}",
+                          path=self.path, counts=self._fix_counts_text())
         problems: list[str] = []
         self._write_final(b"".join(chunks), problems)
         self._write_summaries(lot, finish_t, reason)
+
+    def _fix_counts_text(self) -> str:
+        return "; ".join(f"{n} x {kind}" for kind, n in self.fixes.counts.items())
 
     def _write_final(self, data: bytes, problems: list[str]) -> None:
         try:
@@ -309,10 +354,17 @@ class Datalog:
                 self._close_sync_fd()
 
     def _write_summaries(self, lot: Any, finish_t: float, reason: str) -> None:
-        summary = lot.summary()
+        try:
+            summary = lot.summary()
+        except Exception as err:
+            message = f"summaries of {self.path} not written: {err!r}"
+            self.problems.append(message)
+            self.log.error("{message}", message=message)
+            return
         summary["datalog"] = os.path.basename(self.path)
         summary["finish_t"] = int(finish_t)
         summary["end_reason"] = reason or ""
+        summary["datalog_fixes"] = dict(self.fixes.counts)
         for suffix, text in ((".summary.json", lambda: json.dumps(summary, indent=2)),
                              (".summary.txt", lambda: summary_text(summary))):
             target = self.base + suffix

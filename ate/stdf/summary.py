@@ -328,4 +328,8 @@ def summary_text(summary: Mapping[str, Any]) -> str:
                      f"{b['percent']:>7.2f}")
     lines += ["", _stat_line("Test time", summary.get("test_time_ms"), " ms"),
               _stat_line("Index time", summary.get("index_time_s"), " s")]
+    fixes = summary.get("datalog_fixes")
+    if fixes:
+        lines += ["", "Fields made writable in the datalog:"]
+        lines += [f"  {n:>8} {kind}" for kind, n in fixes.items()]
     return "\n".join(lines) + "\n"

@@ -331,14 +331,17 @@ def test_bad_records_are_skipped_and_reported(tmp_path) -> None:
     recs.insert(3, "not a record")
     recs.insert(4, full_ptr(1, TEST_TXT=["x"]))
     problems = log.write_parts([("1", recs)], SETUP_T)
-    assert len(problems) == 4
-    assert problems[0].startswith("site 1, part P9: PTR record 1 not written: HEAD_NUM:")
-    assert "'GDR' is not accepted" in problems[1]
-    assert "<str>" in problems[2]
-    assert "TEST_TXT" in problems[3]
+    # records of an unaccepted type are skipped; bad field values are made writable
+    assert len(problems) == 2
+    assert "record 2 not written" in problems[0] and "'GDR' is not accepted" in problems[0]
+    assert "<str>" in problems[1]
+    assert log.fixes.counts == {R.FIX_RANGE: 1, R.FIX_TYPE: 1}
+    assert log.fixes.first[R.FIX_RANGE] == "PTR.HEAD_NUM: 999 -> 255"
+    assert log.fixes.first[R.FIX_TYPE].startswith("PTR.TEST_TXT: list")
     log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T + 5, reason="aborted: test")
     got = read_file(log.path)
-    assert names(got).startswith("FAR MIR SDR PIR PTR PRR SBR")
+    assert names(got).startswith("FAR MIR SDR PIR PTR PTR PTR PRR SBR")
+    assert got[4][1]["HEAD_NUM"] == 255 and got[5][1]["TEST_TXT"] == ""
     assert got[-1][1]["EXC_DESC"] == "aborted: test"
     # Our own reader sees the file end exactly on the MRR.
     data = open(log.path, "rb").read()

@@ -209,6 +209,92 @@ def test_any_record_is_writable_and_readable(rec, endian) -> None:
 # -- the datalog --------------------------------------------------------------------------
 
 
+def test_hostile_parts_are_all_in_the_file_and_the_lot_ends_with_mrr(tmp_path) -> None:
+    log = new_log(tmp_path)
+    lot = Lot(make_job(), SITES, "SCT-81-1F")
+    with capturedLogs() as events:
+        for cycle in range(5):
+            parts = [(s, hostile_part(s, f"H{cycle}-{s}")) for s in SITES]
+            for site, recs in parts:
+                lot.add_result(site, recs)
+            assert log.write_parts(parts, SETUP_T + 1) == []
+        reason = "aborted: site 1 sent \u00bbB\u00f6ses\u00ab " + "r" * 470
+        assert len(reason.encode()) > 480
+        log.finalise(lot, finish_t=SETUP_T + 9, reason=reason)
+    got = read_stdf(log.path)
+    texts_are_ascii(got)
+    names = [n for n, _ in got]
+    assert names[:3] == ["FAR", "MIR", "SDR"] and names[-1] == "MRR"
+    prrs = [f for n, f in got if n == "PRR"]
+    assert [p["PART_ID"] for p in prrs] == [f"H{c}-{s}" for c in range(5) for s in SITES]
+    assert names.count("PTR") == names.count("MPR") == names.count("FTR") == 20
+    prr = prrs[0]
+    assert (prr["HEAD_NUM"], prr["NUM_TEST"], prr["X_COORD"], prr["TEST_T"]) \
+        == (255, 65535, 32767, U4_MAX)
+    assert prr["PART_TXT"] == cut("Pr?fling " + LONG)
+    ptr = next(f for n, f in got if n == "PTR")
+    assert ptr["RESULT"] == math.inf and math.isnan(ptr["HI_LIMIT"])
+    assert ptr["TEST_TXT"] == cut("Vout ?" + LONG) and ptr["UNITS"] == "?V"
+    assert ptr["C_RESFMT"] == "%7.3f..." and ptr["TEST_NUM"] == U4_MAX
+    mrr = got[-1][1]
+    assert mrr["EXC_DESC"] == cut("aborted: site 1 sent ?B?ses? " + "r" * 470)
+    pcr = [f for n, f in got if n == "PCR" and f["HEAD_NUM"] == 255]
+    assert pcr[0]["PART_CNT"] == 20
+
+    # counted per lot, logged once per kind (not per part)
+    counts = log.fixes.counts
+    assert counts[R.FIX_ASCII] >= 5 * 4 * 8 and counts[R.FIX_LONG] >= 5 * 4 * 6
+    warned = warnings(events)
+    assert len(warned) == len(counts)
+    assert len(log.problems) == len(counts)
+    summary = json.load(open(log.base + ".summary.json"))
+    assert summary["datalog_fixes"] == counts
+    assert "made writable" in open(log.base + ".summary.txt").read()
+
+
+def test_a_healthy_lot_logs_no_warning_and_counts_nothing(tmp_path) -> None:
+    log = new_log(tmp_path)
+    lot = Lot(make_job(), SITES, "SCT-81-1F")
+    with capturedLogs() as events:
+        for k in range(8):
+            site = SITES[k % 4]
+            recs = result(site, 1, f"P{k}")
+            lot.add_result(site, recs)
+            assert log.write_parts([(site, recs)], SETUP_T) == []
+        log.finalise(lot, finish_t=SETUP_T + 1)
+    assert warnings(events) == [] and log.problems == []
+    assert log.fixes.counts == {}
+    assert json.load(open(log.base + ".summary.json"))["datalog_fixes"] == {}
+
+
+def test_header_and_footer_text_from_the_job_is_ascii(tmp_path) -> None:
+    bins = (replace(BINS[0], name="SB_G\u00fcT", group="BT_P\u00c4SS"),) + BINS[1:]
+    job = replace(make_job(), user_txt="FT1 25\u00b0C " + LONG, tst_temp="25\u00b0C",
+                  bins=bins)
+    log = new_log(tmp_path, job=job)
+    lot = Lot(job, SITES, "SCT-81-1F")
+    recs = result("0", 1, "P1")
+    lot.add_result("0", recs)
+    assert log.write_parts([("0", recs)], SETUP_T) == []
+    log.add_summary("0", [{"type": "TSR", "HEAD_NUM": 0, "SITE_NUM": 0, "TEST_TYP": "P",
+                           "TEST_NUM": 1000, "EXEC_CNT": 2 ** 40, "FAIL_CNT": -1,
+                           "ALRM_CNT": math.nan, "TEST_NAM": "Offset \u00b5V",
+                           "SEQ_NAME": LONG, "TEST_LBL": "", "OPT_FLAG": 0,
+                           "TEST_TIM": math.inf, "TEST_MIN": 0.1, "TEST_MAX": 0.9,
+                           "TST_SUMS": 1.2, "TST_SQRS": 0.8}])
+    log.finalise(lot, finish_t=SETUP_T + 1)
+    got = read_stdf(log.path)
+    texts_are_ascii(got)
+    mir = got[1][1]
+    assert mir["TST_TEMP"] == "25?C" and mir["USER_TXT"] == cut("FT1 25?C " + LONG)
+    assert {f["SBIN_NAM"] for n, f in got if n == "SBR" and f["SBIN_NUM"] == 1} \
+        == {"SB_G?T"}
+    tsrs = [f for n, f in got if n == "TSR"]
+    assert [t["HEAD_NUM"] for t in tsrs] == [0, 255]
+    assert tsrs[0]["TEST_NAM"] == "Offset ?V" and tsrs[0]["EXEC_CNT"] == U4_MAX
+    assert got[-1][0] == "MRR"
+
+
 # -- crash recovery -----------------------------------------------------------------------
 
 
@@ -244,6 +330,19 @@ def test_ascii_patch_finds_the_text_of_any_record(rec, endian) -> None:
 # -- the lot and the codec ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("test_t,expected", [
+    (math.inf, U4_MAX), (-math.inf, 0), (math.nan, None), (-5, 0), (2 ** 40, U4_MAX),
+    (12.6, 13), ("12", None), (12, 12),
+])
+def test_lot_takes_any_test_time(test_t, expected) -> None:
+    lot = Lot(make_job(), SITES, "SCT-81-1F")
+    outcome = lot.add_result("1", result("1", 1, "P1", test_t=test_t))
+    assert outcome.test_time_ms == expected
+    stats = lot.summary()["test_time_ms"]
+    assert stats["count"] == (0 if expected is None else 1)
+    json.dumps(lot.summary(), allow_nan=False)
+
+
 def _result_payload(prr_fields: dict) -> bytes:
     recs = result("1", 1, "P1")
     recs[-1].update(prr_fields)
@@ -259,3 +358,39 @@ def _raw_result(site: str, part_id: str, **prr_fields) -> bytes:
     return json.dumps({"type": "testresult", "payload": recs}).encode()
 
 
+def test_cell_answers_and_writes_a_part_with_infinite_test_time(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.to_ready()
+    h.next()
+    for s in h.sites:
+        h.testapp(s, "testing")
+    sent = len(h.pub.sent)
+    for s in h.sites:
+        h.testapp(s, "idle")
+        h.mqtt(f"TestApp/testresult/site{s}", _raw_result(s, f"P{s}"))
+    assert b"Infinity" in _raw_result("0", "P0")
+    assert h.state == "ready", h.cell.error_message_text
+    [response] = h.responses(h.pub.sent[sent:])
+    assert [e["siteid"] for e in response["payload"]["sites"]] == list(h.sites)
+    h.handler("unload")
+    for s in h.sites:
+        h.control(s, "idle")
+    got = read_stdf(h.cell.datalog.path)
+    assert [f["PART_ID"] for n, f in got if n == "PRR"] == [f"P{s}" for s in h.sites]
+    assert got[-1][0] == "MRR"
+
+
+def test_cell_long_softerror_reason_still_ends_with_mrr(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.to_ready()
+    h.run_part()
+    h.mqtt("Control/status/site1", {
+        "type": "status", "interface_version": 1, "software_version": 1,
+        "payload": {"state": "error", "error_message": "Versorgung \u00fcberlastet " * 20}})
+    assert h.state in ("softerror", "error")
+    assert len(h.cell.error_message_text.encode()) > 255
+    h.handler("reset")
+    got = read_stdf(h.cell.datalog.path)
+    assert h.cell.datalog.finalised and got[-1][0] == "MRR"
+    exc = got[-1][1]["EXC_DESC"]
+    assert exc.startswith("aborted: ") and exc.endswith("...") and len(exc) == 255
