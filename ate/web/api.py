@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ate.protocol import messages as m
-from ate.web.feed import strict_json
+from ate.web.feed import MAX_RESULTS_BYTES, encode_results, strict_json
 
 __all__ = ["Api", "ApiError", "PrometheusMetrics", "MetricsResource", "OPENAPI_PATH",
            "http_status_for_refusal"]
@@ -71,9 +71,16 @@ def _body(request: Any) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(400, "bad-json", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        body = None
+    else:
+        if not m.json_too_deep(body):
+            return body
+    raise ApiError(400, "bad-json",
+                   f"request body is nested deeper than {m.MAX_JSON_DEPTH} levels")
 
 
 def _object_body(request: Any) -> dict:
@@ -209,7 +216,10 @@ class Api:
             last = int(text)
         lot = self.cell.lot
         results = list(lot.last_results()) if lot is not None else []
-        return _send(request, {"results": results[-last:]})
+        array, omitted = encode_results(results[-last:], MAX_RESULTS_BYTES)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b'{"results":' + array + b',"omitted":' + str(omitted).encode() + b"}"
 
     @app.route("/settings", methods=["GET"])
     def settings(self, request: Any) -> bytes:

@@ -34,9 +34,17 @@ from zope.interface import implementer
 
 from ate.protocol import messages as m
 
-__all__ = ["Feed", "FeedProtocol", "strict_json", "sanitize", "DEFAULT_MAX_BUFFER"]
+__all__ = ["Feed", "FeedProtocol", "strict_json", "sanitize", "encode_results",
+           "DEFAULT_MAX_BUFFER", "MAX_RESULTS_BYTES", "MAX_UI_MESSAGE"]
 
 DEFAULT_MAX_BUFFER = 4 * 1024 * 1024
+#: The most bytes of results one ``testresults`` message carries: the newest results
+#: that fit (protocol §11.3 allows up to 1000; with large results that is many MB).
+MAX_RESULTS_BYTES = 8 * 1024 * 1024
+#: The largest websocket message (and frame) accepted from a UI, in bytes.  UI commands
+#: are a few hundred bytes; a larger message fails the connection (close code 1009) as
+#: soon as its frame header announces it, before its payload is buffered.
+MAX_UI_MESSAGE = 64 * 1024
 #: States in which a lot is open, so ``lotdata`` goes to a new client (§11.2).
 _LOT_OPEN = frozenset({"loading", "ready", "testing", "unloading"})
 
@@ -81,6 +89,22 @@ def strict_json(obj: Any) -> bytes:
 
 def _message(kind: str, payload: Any) -> dict:
     return {"type": kind, "payload": payload}
+
+
+def encode_results(results: list, max_bytes: int) -> tuple[bytes, int]:
+    """The strict JSON array of the newest ``results`` (oldest first) that fits in
+    ``max_bytes``, and how many older ones were left out.  The newest result is always
+    included, whatever its size."""
+    parts: list[bytes] = []
+    total = 2
+    for records in reversed(results):
+        data = strict_json(records)
+        total += len(data) + 1
+        if parts and total > max_bytes:
+            break
+        parts.append(data)
+    parts.reverse()
+    return b"[" + b",".join(parts) + b"]", len(results) - len(parts)
 
 
 # -- per-client backpressure ---------------------------------------------------------------
@@ -154,6 +178,9 @@ class FeedProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         try:
+            if getattr(self, "wasMaxMessagePayloadSizeExceeded", False) or getattr(
+                    self, "wasMaxFramePayloadSizeExceeded", False):
+                self.feed.refused_message(self)
             self.feed.client_closed(self)
         except Exception:
             self._log.failure("websocket onClose failed")
@@ -173,9 +200,13 @@ class FeedProtocol(WebSocketServerProtocol):
         return True
 
     def send_json(self, data: bytes) -> None:
-        """Send one text message encoded for this client only."""
+        """Send one text message encoded for this client only.
+
+        Prepared like a broadcast: ``sendMessage`` would apply the *incoming* message
+        limit (``maxMessagePayloadSize``) to what we send, and a reply such as
+        ``testresults`` is larger than any UI command."""
         if self.send_frame_bytes(len(data) + 10):
-            self.sendMessage(data, isBinary=False)
+            self.sendPreparedMessage(self.feed.factory.prepareMessage(data))
 
     def send_prepared(self, prepared: Any) -> None:
         """Send a frame encoded once for all clients."""
@@ -210,9 +241,14 @@ class Feed:
         ping_interval: float | None = 10.0,
         coalesce: bool = False,
         flush_delay: float = 0.02,
+        max_message: int = MAX_UI_MESSAGE,
+        max_results_bytes: int = MAX_RESULTS_BYTES,
     ) -> None:
         if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be a positive integer, got {max_buffer!r}")
+        if isinstance(max_message, bool) or not isinstance(max_message, int) or max_message < 1:
+            raise ValueError(f"max_message must be a positive integer, got {max_message!r}")
+        self.max_results_bytes = max_results_bytes
         # autobahn logs every frame at debug, formatting it even when nobody shows debug
         # (measured by bench/feed.py: about a third of the master's CPU with 50 clients)
         txaio.set_global_log_level("info")
@@ -237,7 +273,12 @@ class Feed:
         self._flush_call: Any = None
         self.factory = WebSocketServerFactory()
         self.factory.protocol = self._protocol_class()
-        options: dict[str, Any] = {"autoFragmentSize": 0}
+        self.max_message = max_message
+        #: UI connections failed because they sent a message larger than max_message.
+        self.refused = 0
+        options: dict[str, Any] = {"autoFragmentSize": 0,
+                                   "maxMessagePayloadSize": max_message,
+                                   "maxFramePayloadSize": max_message}
         if ping_interval:
             options.update(autoPingInterval=ping_interval, autoPingTimeout=ping_interval * 3)
         self.factory.setProtocolOptions(**options)
@@ -324,6 +365,16 @@ class Feed:
     def _results(self) -> list:
         lot = self.cell.lot
         return list(lot.last_results()) if lot is not None else []
+
+    def _send_results(self, client: FeedProtocol, results: list) -> None:
+        """``testresults`` to one client: the newest results within max_results_bytes."""
+        array, omitted = encode_results(results, self.max_results_bytes)
+        if omitted:
+            self.log.info("testresults to {peer}: the newest {kept} of {total} results "
+                          "(at most {limit} bytes)", peer=client.peer_text,
+                          kept=len(results) - omitted, total=len(results),
+                          limit=self.max_results_bytes)
+        client.send_json(b'{"type":"testresults","payload":' + array + b"}")
 
     # -- broadcasting ------------------------------------------------------------------
 
@@ -465,7 +516,7 @@ class Feed:
         self.send_to(client, "usersettings", self.cell.usersettings())
         results = self._results()
         if results:
-            self.send_to(client, "testresults", results)
+            self._send_results(client, results)
         lot = self.cell.lot
         if lot is not None:
             self.send_to(client, "yield", lot.yields())
@@ -481,6 +532,13 @@ class Feed:
         self.log.info("websocket client {peer} connected ({n} connected)",
                       peer=client.peer_text, n=len(self.clients))
 
+    def refused_message(self, client: FeedProtocol) -> None:
+        """``client`` sent a message above ``max_message`` bytes: its connection failed."""
+        self.refused += 1
+        self.log.warn("websocket client {peer} dropped: it sent a message larger than "
+                      "{limit} bytes", peer=getattr(client, "peer_text", "?"),
+                      limit=self.max_message)
+
     def client_closed(self, client: FeedProtocol) -> None:
         if client in self.clients:
             self.clients.remove(client)
@@ -493,6 +551,15 @@ class Feed:
         except (UnicodeDecodeError, ValueError) as e:
             self.log.warn("websocket: frame from {peer} is not JSON, ignored: {error}",
                           peer=client.peer_text, error=str(e)[:200])
+            return
+        except RecursionError:
+            msg = None
+            too_deep = True
+        else:
+            too_deep = m.json_too_deep(msg)
+        if too_deep:
+            self.log.warn("websocket: frame from {peer} is nested deeper than {limit} levels, "
+                          "ignored", peer=client.peer_text, limit=m.MAX_JSON_DEPTH)
             return
         if not isinstance(msg, dict):
             self.log.warn("websocket: frame from {peer} is not a JSON object, ignored",
@@ -556,7 +623,7 @@ class Feed:
             self._refused("setloglevel", str(e))
 
     def _cmd_getresults(self, client: FeedProtocol, msg: dict) -> None:
-        self.send_to(client, "testresults", self._results())
+        self._send_results(client, self._results())
 
     def _cmd_getlogs(self, client: FeedProtocol, msg: dict) -> None:
         logs = self.cell.logs

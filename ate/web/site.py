@@ -2,9 +2,15 @@
 
 Access (design.md §6): on a loopback address everything is open.  On any other address
 every request except read-only ``GET``/``HEAD`` requests needs the configured token, given
-as ``Authorization: Bearer <token>`` or ``?token=<token>``; so does the websocket upgrade
-at ``/ws`` (its commands change state).  Without a configured token the master refuses to
-listen on a non-loopback address (:func:`check_access_config`).
+as ``Authorization: Bearer <token>``; so does the websocket upgrade at ``/ws`` (its
+commands change state), which may also give it as ``?token=<token>`` because a browser
+cannot set a header on a websocket.  No other route accepts ``?token=``.  When a token is
+configured, the log routes (``/api/v1/logs…``) need it on any address.  Without a
+configured token the master refuses to listen on a non-loopback address
+(:func:`check_access_config`).
+
+The access log never shows a query string (``?<redacted>``, also in the Referer), so a
+token given as ``?token=`` never reaches a log.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
+from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import provider
 
 from ate.web.api import Api, MetricsResource, PrometheusMetrics
 from ate.web.feed import Feed
 
 __all__ = [
     "STATIC_ROOT", "UI_ROUTES", "make_site", "web_service", "check_access_config",
-    "is_loopback", "WebService",
+    "is_loopback", "WebService", "access_log_line", "redact_uri",
 ]
 
 STATIC_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -63,7 +72,8 @@ def check_access_config(cfg: Any) -> None:
         )
 
 
-def _request_token(request: Any) -> str | None:
+def _request_token(request: Any, *, allow_query: bool = False) -> str | None:
+    """The bearer token of the request; ``?token=`` only with ``allow_query`` (``/ws``)."""
     auth = request.getHeader(b"authorization")
     if isinstance(auth, bytes):
         auth = auth.decode("latin-1")
@@ -71,10 +81,44 @@ def _request_token(request: Any) -> str | None:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
+    if not allow_query:
+        return None
     values = request.args.get(b"token") if request.args else None
     if values:
         return values[0].decode("utf-8", "replace")
     return None
+
+
+def redact_uri(uri: bytes) -> bytes:
+    """``uri`` with its query string replaced by ``<redacted>`` (it may hold a token)."""
+    path, sep, _query = uri.partition(b"?")
+    return path + b"?<redacted>" if sep else path
+
+
+class _RedactedRequest:
+    """The request as the access log sees it: no query string in the URI or Referer."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    @property
+    def uri(self) -> bytes:
+        return redact_uri(self._request.uri)
+
+    def getHeader(self, name: bytes) -> Any:
+        value = self._request.getHeader(name)
+        if value and name.lower() == b"referer":
+            return redact_uri(value if isinstance(value, bytes) else value.encode("latin-1"))
+        return value
+
+
+@provider(IAccessLogFormatter)
+def access_log_line(timestamp: str, request: Any) -> str:
+    """The combined log format line of ``request``, without any query string."""
+    return combinedLogFormatter(timestamp, _RedactedRequest(request))
 
 
 class _JsonError(Resource):
@@ -184,18 +228,20 @@ class _Root(Resource):
         self.require_token = require_token
 
     def _denied(self, request: Any, segment: bytes) -> Resource | None:
-        if not self.require_token:
+        ws = segment == b"ws"
+        if self.token and segment == b"api" and request.postpath[:2] == [b"v1", b"logs"]:
+            pass  # the log routes need a configured token on any address
+        elif not self.require_token or (not ws and request.method in _READ_ONLY):
             return None
-        if segment != b"ws" and request.method in _READ_ONLY:
-            return None
-        given = _request_token(request)
+        given = _request_token(request, allow_query=ws)
         if given is not None and self.token and hmac.compare_digest(
                 given.encode("utf-8"), self.token.encode("utf-8")):
             return None
         method = request.method.decode("ascii", "replace")
+        how = "send 'Authorization: Bearer <token>'" + (" or ?token=<token>" if ws else "")
         return _JsonError(401, "unauthorized",
                           f"{method} {request.path.decode('utf-8', 'replace')} needs the token: "
-                          "send 'Authorization: Bearer <token>' or ?token=")
+                          f"{how}")
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
         denied = self._denied(request, path)
@@ -256,7 +302,7 @@ def make_site(cell: Any, clock: IReactorTime, *, root: str | None = None,
     resource = _Root(static=static, index=index, ws=feed.resource(), api=api.app.resource(),
                      metrics=MetricsResource(metrics), token=token,
                      require_token=not is_loopback(host))
-    site = Site(resource)
+    site = Site(resource, logFormatter=access_log_line)
     site.displayTracebacks = False
     site.feed = feed  # type: ignore[attr-defined]
     site.api = api  # type: ignore[attr-defined]
