@@ -6,14 +6,21 @@ part and any partial footer, rebuilds SBR, HBR, TSR and PCR from the kept PRRs (
 and TSRs salvaged from a partial footer where there was one) and appends an MRR with
 ``EXC_DESC`` "recovered after master restart". Both byte orders are read and the footer
 is written in the file's own order. Complete files are never touched.
+
+Everything written is readable by STDF readers: the footer goes through the total
+encoder (salvaged names and TSRs made ASCII and short), and non-ASCII bytes in the text
+of the kept records (a file cut before text was made ASCII) are replaced by ``?`` in
+place.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from ate.stdf.records import RawRecord, decode, detect_endian, encode, iter_records
+from ate.stdf.records import (Fixes, RawRecord, ascii_patch, decode, detect_endian, encode,
+                              iter_records)
 from ate.stdf.summary import Tally, footer_records
 
 __all__ = ["recover_directory", "recover_file", "RECOVERED"]
@@ -21,6 +28,10 @@ __all__ = ["recover_directory", "recover_file", "RECOVERED"]
 RECOVERED = "recovered after master restart"
 _FOOTER = {"SBR", "HBR", "TSR", "PCR", "MRR"}
 _MISSING_COORD = -32768
+# Text that is not ASCII came from str.encode("utf-8"): a lead byte and a continuation
+# byte. A record without that pair anywhere is not walked (a C-speed search; most
+# records are skipped).
+_UTF8_PAIR = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
 def recover_directory(directory: str) -> list[str]:
@@ -53,7 +64,8 @@ def _part_key(prr: dict[str, Any], seq: int) -> str:
     return f"site{prr.get('SITE_NUM')}-{seq}"
 
 
-def _minimal_header(path: str, stamp: int, endian: str, need_far: bool) -> bytes:
+def _minimal_header(path: str, stamp: int, endian: str, need_far: bool,
+                    fixes: Fixes) -> bytes:
     """FAR (if needed) and a MIR made from the file name, for a file cut in its header."""
     stem = os.path.basename(path)[:-5]
     parts = stem.split("_")
@@ -66,7 +78,7 @@ def _minimal_header(path: str, stamp: int, endian: str, need_far: bool) -> bytes
     out += encode({"type": "MIR", "SETUP_T": stamp, "START_T": stamp, "STAT_NUM": 0,
                    "MODE_COD": "P", "LOT_ID": lot, "JOB_NAM": lot,
                    "NODE_NAM": f"{device}.Master" if device else "",
-                   "EXEC_TYP": "ate-master"}, endian)
+                   "EXEC_TYP": "ate-master"}, endian, fixes)
     return out
 
 
@@ -128,11 +140,22 @@ def recover_file(path: str) -> str | None:
                 kept.extend(pending)
                 pending.clear()
 
+        fixes = Fixes()
         head = b""
         if "MIR" not in seen:
-            head = _minimal_header(path, stamp, endian, need_far="FAR" not in seen)
+            head = _minimal_header(path, stamp, endian, need_far="FAR" not in seen,
+                                   fixes=fixes)
             if "FAR" not in seen:
                 keep_end = 0
+        patches = []
+        for raw in records:
+            if raw.end > keep_end:
+                break
+            if _UTF8_PAIR.search(raw.body) is None:
+                continue
+            body = ascii_patch(raw, endian)
+            if body is not None:
+                patches.append((raw.offset + 4, body))
 
         tally = Tally()
         parts: dict[str, tuple[str, int, int, int]] = {}
@@ -151,8 +174,11 @@ def recover_file(path: str) -> str | None:
                                 hbin_names=hbin_names)
         footer.append({"type": "MRR", "FINISH_T": stamp, "DISP_COD": " ",
                        "USR_DESC": "", "EXC_DESC": RECOVERED})
-        tail = head + b"".join(encode(rec, endian) for rec in footer)
+        tail = head + b"".join(encode(rec, endian, fixes) for rec in footer)
 
+        for offset, body in patches:
+            fh.seek(offset)
+            fh.write(body)
         fh.seek(keep_end)
         fh.truncate()
         fh.write(tail)
@@ -160,6 +186,10 @@ def recover_file(path: str) -> str | None:
         os.fsync(fh.fileno())
     dropped = len(data) - keep_end
     rebuilt = "rebuilt header, " if head else ""
+    ascii_note = (f", replaced non-ASCII text bytes by '?' in {len(patches)} record(s)"
+                  if patches else "")
+    fixed_note = (f", made {fixes.total} footer field(s) writable "
+                  f"({', '.join(fixes.counts)})" if fixes else "")
     return (f"{path}: {RECOVERED}: kept {len(kept)} complete part result(s), "
             f"dropped {dropped} byte(s) from offset {keep_end}, {rebuilt}"
-            f"appended {len(footer) - 1} summary record(s) and MRR")
+            f"appended {len(footer) - 1} summary record(s) and MRR{ascii_note}{fixed_note}")

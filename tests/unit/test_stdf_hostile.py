@@ -298,8 +298,49 @@ def test_header_and_footer_text_from_the_job_is_ascii(tmp_path) -> None:
 # -- crash recovery -----------------------------------------------------------------------
 
 
+def test_hostile_parts_through_the_recover_path(tmp_path) -> None:
+    log = new_log(tmp_path, fsync_interval=0)
+    for cycle in range(3):
+        assert log.write_parts([(s, hostile_part(s, f"H{cycle}-{s}")) for s in SITES],
+                               SETUP_T + 1) == []
+    log._file.close()  # the master "crashed": no footer
+    lines = recover_directory(str(tmp_path))
+    assert len(lines) == 1 and RECOVERED in lines[0]
+    got = read_stdf(log.path)
+    texts_are_ascii(got)
+    assert got[-1][0] == "MRR" and got[-1][1]["EXC_DESC"] == RECOVERED
+    assert sum(1 for n, _ in got if n == "PRR") == 12
+
+
 def _cn(text: bytes) -> bytes:
     return bytes((len(text),)) + text
+
+
+def test_recovery_makes_utf8_text_of_an_old_file_ascii(tmp_path) -> None:
+    """A file cut by a crash before this fix: UTF-8 in its parts and its partial footer."""
+    e = "<"
+    head = b"".join(encode(r, e) for r in (
+        {"type": "FAR", "CPU_TYPE": 2, "STDF_VER": 4},
+        {"type": "MIR", "SETUP_T": 1, "START_T": 1, "LOT_ID": "L"},
+        {"type": "SDR", "SITE_CNT": 1, "SITE_NUM": [0]},
+        {"type": "PIR", "HEAD_NUM": 0, "SITE_NUM": 0}))
+    body = (struct.pack("<BBBHHHhhI", 0, 0, 0, 1, 1, 1, 0, 0, 12)
+            + _cn(b"P1") + _cn("Pr\u00fcfling".encode()) + b"\x00")
+    prr = struct.pack("<HBB", len(body), 5, 20) + body
+    sbr_body = (struct.pack("<BBHIc", 0, 0, 1, 1, b"P") + _cn("G\u00fct".encode()))
+    sbr = struct.pack("<HBB", len(sbr_body), 1, 50) + sbr_body
+    path = tmp_path / "L_D_20260101-000000.stdf"
+    path.write_bytes(head + prr + sbr)
+    with pytest.raises(UnicodeDecodeError):
+        pystdf_records(path.read_bytes())
+    lines = recover_directory(str(tmp_path))
+    assert len(lines) == 1 and RECOVERED in lines[0]
+    got = read_stdf(str(path))
+    texts_are_ascii(got)
+    prr_read = next(f for n, f in got if n == "PRR")
+    assert prr_read["PART_TXT"] == "Pr??fling"  # each UTF-8 byte of the old file: '?'
+    assert {f["SBIN_NAM"] for n, f in got if n == "SBR"} == {"G?t"}
+    assert got[-1][0] == "MRR"
 
 
 @pytest.mark.parametrize("endian", "<>")
