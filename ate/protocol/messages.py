@@ -450,6 +450,19 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _json_short(value: Any) -> str:
+    """A decoded JSON value for error messages, in JSON spelling (``Infinity``, ``NaN``)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return _short(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: PRR fields the handler's bins come from; the codec checks them (2.8, 3.8).
+_PRR_BINS = ("SOFT_BIN", "HARD_BIN")
+
+
 def _jtype(value: Any) -> str:
     """Describe a decoded JSON value's type for error messages."""
     return _JTYPES.get(type(value), type(value).__name__)
@@ -1106,6 +1119,15 @@ class Codec:
             elif i == last:
                 raise ctx.error("payload", "the last record must be the PRR, "
                                 f"got {_short(name)}")
+        prr = recs[last]
+        for key in _PRR_BINS:
+            value = prr.get(key)
+            # the handler gets these bins: one STDF cannot hold is refused here (3.8),
+            # before any response; other fields are made writable by the datalog
+            if value is not None and (type(value) is not int or not 0 <= value <= 65535):
+                raise ctx.error(f"payload[{last}].{key}",
+                                f"PRR {key} must be an integer 0..65535 (STDF U*2), "
+                                f"got {_json_short(value)}")
         return TestResult(site, tuple(recs))
 
     def _dec_testsummary(self, topic: str, site: str, payload: bytes) -> TestSummary:

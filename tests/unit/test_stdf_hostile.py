@@ -390,6 +390,31 @@ def _result_payload(prr_fields: dict) -> bytes:
     return json.dumps({"type": "testresult", "payload": recs}).encode()
 
 
+@pytest.mark.parametrize("field,value", [
+    ("SOFT_BIN", 70000), ("SOFT_BIN", -1), ("SOFT_BIN", 1.0), ("SOFT_BIN", "1"),
+    ("SOFT_BIN", True), ("SOFT_BIN", math.inf), ("SOFT_BIN", math.nan),
+    ("HARD_BIN", 65536), ("HARD_BIN", -math.inf), ("HARD_BIN", [1]),
+])
+def test_codec_refuses_a_bin_stdf_cannot_hold(field, value) -> None:
+    codec = Codec("SCT-81-1F", SITES)
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(codec.topics.testapp_testresult("1"), _result_payload({field: value}))
+    err = info.value
+    assert (err.kind, err.site, err.field) == ("malformed", "1", f"payload[2].{field}")
+    assert "0..65535" in err.reason
+
+
+def test_codec_takes_bins_in_range_and_a_missing_hard_bin() -> None:
+    codec = Codec("SCT-81-1F", SITES)
+    topic = codec.topics.testapp_testresult("1")
+    for fields in ({"SOFT_BIN": 65535, "HARD_BIN": 0}, {"HARD_BIN": None}):
+        msg = codec.decode(topic, _result_payload(fields))
+        assert msg.prr["SOFT_BIN"] == fields.get("SOFT_BIN", 1)
+    # non-finite values elsewhere are not the codec's business: the writer handles them
+    msg = codec.decode(topic, _result_payload({"TEST_T": math.inf, "HEAD_NUM": 300}))
+    assert msg.prr["TEST_T"] == math.inf
+
+
 # -- through the cell ------------------------------------------------------------------------
 
 
@@ -419,6 +444,22 @@ def test_cell_answers_and_writes_a_part_with_infinite_test_time(tmp_path) -> Non
     got = read_stdf(h.cell.datalog.path)
     assert [f["PART_ID"] for n, f in got if n == "PRR"] == [f"P{s}" for s in h.sites]
     assert got[-1][0] == "MRR"
+
+
+def test_cell_refuses_an_unwritable_bin_before_the_response(tmp_path) -> None:
+    h = Harness(tmp_path)
+    h.to_ready()
+    h.next()
+    for s in h.sites:
+        h.testapp(s, "testing")
+    sent = len(h.pub.sent)
+    for s in h.sites:
+        h.testapp(s, "idle")
+        h.mqtt(f"TestApp/testresult/site{s}",
+               _raw_result(s, f"P{s}", SOFT_BIN=70000 if s == "2" else 1))
+    assert h.state == "softerror"
+    assert "site 2 sent a malformed test result" in h.cell.error_message_text
+    assert h.responses(h.pub.sent[sent:]) == []
 
 
 def test_cell_long_softerror_reason_still_ends_with_mrr(tmp_path) -> None:
