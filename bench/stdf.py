@@ -11,6 +11,8 @@ Every part is PIR + 5 PTR + PRR on one of 4 sites (7 records). Rows:
   (c)  baseline: hand-written minimal struct packer, file opened once, buffered
        writes, no flush per part
   (d)  Lot.add_result only (counting, no file), for scale
+  (e)  as (a), but every record needs fixing before it can be written (non-ASCII test
+       names and units, a 300-byte PART_TXT, TEST_T -5): the sanitising slow path
 
 Ratios are records/s of the row divided by records/s of the baseline (c).
 """
@@ -66,6 +68,19 @@ def make_parts(n: int) -> list[tuple[str, list[dict]]]:
                      "X_COORD": i % 100, "Y_COORD": i // 100, "TEST_T": 12,
                      "PART_ID": f"P{i}", "PART_TXT": "1", "PART_FIX": 0, "rec_id": "PRR"})
         parts.append((site, recs))
+    return parts
+
+
+def make_hostile_parts(n: int) -> list[tuple[str, list[dict]]]:
+    """As make_parts, with something STDF cannot hold as given in every record."""
+    parts = make_parts(n)
+    for _site, recs in parts:
+        recs[0]["HEAD_NUM"] = 300
+        for rec in recs[1:-1]:
+            rec["TEST_TXT"] = rec["TEST_TXT"] + " \u00b5V"
+            rec["UNITS"] = "\u00b5V"
+        recs[-1]["PART_TXT"] = "Pr\u00fcfling " + "x" * 300
+        recs[-1]["TEST_T"] = -5
     return parts
 
 
@@ -179,6 +194,8 @@ def main() -> None:
     ap.add_argument("--parts", type=int, default=40_000)
     ap.add_argument("--sync-parts", type=int, default=2_000,
                     help="parts for row (b), which fsyncs every part")
+    ap.add_argument("--hostile-parts", type=int, default=10_000,
+                    help="parts for row (e), every record made writable")
     ap.add_argument("--dir", default=None, help="directory for the files (default: temp)")
     ap.add_argument("--repeat", type=int, default=5, help="best of N runs per row")
     args = ap.parse_args()
@@ -187,6 +204,7 @@ def main() -> None:
     os.makedirs(directory, exist_ok=True)
     parts = make_parts(args.parts)
     sync_parts = parts[: args.sync_parts]
+    hostile = make_hostile_parts(args.hostile_parts)
     try:
         syncs: dict[bool, int] = {}
 
@@ -205,6 +223,9 @@ def main() -> None:
              lambda: run_datalog(directory, sync_parts, per_cycle=False, fsync_interval=0,
                                  threaded=False)[0]),
             ("(d) Lot.add_result only", len(parts), lambda: run_lot(parts)),
+            ("(e) as (a), every record made writable", len(hostile),
+             lambda: run_datalog(directory, hostile, per_cycle=False, fsync_interval=0.2,
+                                 threaded=True)[0]),
         ]
         # Rows are interleaved and repeated; each keeps its best time, so a busy machine
         # penalises every row alike.
