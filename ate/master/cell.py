@@ -1,5 +1,5 @@
 """The cell: builds and wires the master's parts and is the one object that the MQTT router,
-the web API and the feed talk to (the "Boss" of design.md §1).
+the web API and the feed talk to (the "Boss").
 
 It implements the effects of the master machine (``MasterEffects``): publishing, the lot's
 results and datalog, the phase timers.  Time comes from the injected clock only.

@@ -1,4 +1,4 @@
-"""MQTT messages into cell inputs (design.md §3).
+"""MQTT messages into cell inputs.
 
 Decodes every payload with the protocol codec, drops our own echoes, logs and counts bad
 input, answers malformed handler commands with an error response, and calls exactly one

@@ -1,4 +1,4 @@
-"""paho-mqtt 2.x driven by the Twisted reactor (style.md section 2).
+"""paho-mqtt 2.x driven by the Twisted reactor.
 
 L{ReactorPaho} owns one C{paho.mqtt.client.Client} and runs its network loop
 on the reactor:

@@ -10,7 +10,8 @@ from typing import Iterable, Sequence
 
 __all__ = ["Topics", "SUBSCRIBE_QOS", "RESERVED_APPS"]
 
-#: QoS used for every subscription (protocol 1.1: SHOULD subscribe with QoS 2).
+#: QoS of the subscription lists below; the master subscribes with its config
+#: ``mqtt_subscribe_qos`` instead (protocol 1.1).
 SUBSCRIBE_QOS = 2
 
 #: First topic levels below ``ate/D/`` that belong to the contract itself and

@@ -1,6 +1,6 @@
 """The master's web site: static operator UI, ``/ws``, ``/api/v1`` and ``/metrics`` on one port.
 
-Access (design.md §6): on a loopback address everything is open.  On any other address
+Access (protocol.md §11.1): on a loopback address everything is open.  On any other address
 every request except read-only ``GET``/``HEAD`` requests needs the configured token, given
 as ``Authorization: Bearer <token>``; so does the websocket upgrade at ``/ws`` (its
 commands change state), which may also give it as ``?token=<token>`` because a browser

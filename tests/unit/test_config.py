@@ -33,7 +33,7 @@ from ate.config import (
 
 REPO = Path(__file__).resolve().parents[2]
 ETC = REPO / "etc"
-FIXTURES = REPO / "tests" / "fixtures" / "config"  # copies of ../shared/fixtures
+FIXTURES = REPO / "tests" / "fixtures" / "config"  # reference-format examples (protocol.md 12)
 MASTER_FIXTURE = FIXTURES / "master_config_file.json"
 HANDLER_FIXTURE = FIXTURES / "handler_config_file.json"
 
