@@ -5,11 +5,12 @@
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
-relay from ../shared/bench/floor_relay.py, or ``twistd -n ate-master`` — runs as its own
-process.  For every site count the handler sends ``next`` with every site and waits for the
-response, N cycles after a warm-up.  Reported: p50/p99 ms per cycle, parts/s, target CPU ms
-per cycle (from /proc), and for the master at 4 sites its RSS after 0, 10 000 and 100 000
-parts.  Ratios are master/floor, measured in the same run.
+relay bench/floor_relay.py (the baseline: a bare relay, see README "Benchmarks"), or
+``twistd -n ate-master`` — runs as its own process.  For every site count the handler sends
+``next`` with every site and waits for the response, N cycles after a warm-up.  Reported:
+p50/p99 ms per cycle, parts/s, target CPU ms per cycle (from /proc), and for the master at
+4 sites its RSS after 0, 10 000 and 100 000 parts.  Ratios are master/floor, measured in
+the same run.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ from ate.testing.peers import HandlerClient  # noqa: E402
 
 DEVICE = "SCT-81-1F"
 LOT = "306426.001"
-FLOOR = os.path.join(ROOT, "..", "shared", "bench", "floor_relay.py")
-if not os.path.exists(FLOOR):
-    FLOOR = "/work/shared/bench/floor_relay.py"
+FLOOR = os.path.join(HERE, "floor_relay.py")  # the baseline, with its mqttloop.py
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "jobs", "le306426001.xml")
 TICKS = os.sysconf("SC_CLK_TCK")
 
