@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ate.config import load_master_config
 from ate.jobs import (
     BinEntry,
     FilesystemSource,
@@ -25,7 +26,8 @@ from ate.jobs import (
     parse_xml,
 )
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "jobs" / "le306426001.xml"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURE = FIXTURES / "jobs" / "le306426001.xml"
 FIXTURE_TEXT = FIXTURE.read_text(encoding="utf-8")
 FILE = "le306426001.xml"
 LOT = "306426.001"
@@ -74,7 +76,7 @@ def section_removed(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# The fixture (shared/fixtures/README.md)
+# The fixture (tests/fixtures/jobs, docs/protocol.md 5.2-5.4)
 
 
 def test_fixture_parses_to_documented_values(tmp_path):
@@ -100,11 +102,31 @@ def test_fixture_parses_to_documented_values(tmp_path):
     assert job.bins[-1] == BinEntry(60000, 0, "SB_SMU_ALARM", "BT_ALARM", "SMU compliance alarm")
 
 
-def test_fixture_in_repository_is_the_shared_one():
-    shared = Path("/work/shared/fixtures/le306426001.xml")
-    if not shared.exists():
-        pytest.skip("shared fixtures not available")
-    assert shared.read_bytes() == FIXTURE.read_bytes()
+def test_fixture_config_loads_the_fixture_job(tmp_path, monkeypatch):
+    """The repository's fixture master config (reference format) and job file belong
+    together: its job directory and pattern find the job for lot 306426.001 (the
+    dotless name), and its device and handler pass the job's identity checks."""
+    (tmp_path / "webui").mkdir()
+    (tmp_path / "jobs").mkdir()
+    write_job(tmp_path / "jobs", FIXTURE_TEXT)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_master_config(str(FIXTURES / "config" / "master_config_file.json"))
+    job = job_source_from_config(cfg).load(LOT)
+    assert (cfg.device_id, cfg.handler_id) == (DEVICE, HANDLER)
+    assert job.part_typ == "HS2CQFN16T7A_FT1A"
+    assert job.path == os.path.realpath(tmp_path / "jobs" / FILE)
+
+
+def _without_leading_comment(text: str) -> str:
+    return re.sub(r"^(<\?xml[^>]*\?>\s*)<!--.*?-->\s*", r"\1", text, count=1, flags=re.S)
+
+
+def test_demo_job_is_the_fixture():
+    """ate-demo ships a copy of the fixture job; apart from its leading comment the two
+    files are the same, so the demo runs the tested job."""
+    demo = Path(__file__).resolve().parents[2] / "ate" / "demodata" / FILE
+    assert _without_leading_comment(demo.read_text(encoding="utf-8")) == \
+        _without_leading_comment(FIXTURE_TEXT)
 
 
 def test_job_is_hashable_and_frozen(tmp_path):
