@@ -327,3 +327,41 @@ async def test_job_whose_program_is_missing(cell):
     initialized = cell.handler.wait_state("initialized", 60)
     await cell.handler.send("reset")
     await initialized
+
+
+def test_peers_venv_built_when_absent_or_stale_reused_otherwise(tmp_path, monkeypatch):
+    """The builder's bookkeeping, with pip replaced by a recorder (no network)."""
+    import realpeers
+
+    calls: list[list[str]] = []
+
+    def run(args, what):
+        calls.append(args)
+        if args[1:3] == ["-m", "venv"]:
+            (Path(args[3]) / "bin").mkdir(parents=True)
+            (Path(args[3]) / "bin" / "python").write_text("")
+
+    monkeypatch.setattr(realpeers, "_run", run)
+    venv = tmp_path / "peers"
+    assert realpeers.ensure_peers_venv(venv) == venv  # absent: built
+    installs = [c[c.index("--no-build-isolation") + 1:] for c in calls if "install" in c]
+    assert installs == [list(realpeers.BUILD_TOOLS), list(realpeers.PINNED),
+                        list(realpeers.LAST)]
+    assert all("==" in r for r in realpeers.BUILD_TOOLS + realpeers.PINNED + realpeers.LAST)
+    assert (venv / realpeers.MARKER.name).read_text() == realpeers._marker_text()
+    calls.clear()
+    realpeers.ensure_peers_venv(venv)  # current: reused
+    assert calls == []
+    (venv / realpeers.MARKER.name).write_text("python 3.11\nsemi-ate-test-app==1.0.16\n")
+    (venv / "leftover").write_text("")
+    realpeers.ensure_peers_venv(venv)  # stale: rebuilt from scratch
+    assert calls and not (venv / "leftover").exists()
+
+    def fail(args, what):
+        raise realpeers.PeersVenvError(f"{what} failed")
+
+    monkeypatch.setattr(realpeers, "_run", fail)
+    (venv / realpeers.MARKER.name).unlink()
+    with pytest.raises(realpeers.PeersVenvError):
+        realpeers.ensure_peers_venv(venv)  # a failed build raises, leaves no marker
+    assert not (venv / realpeers.MARKER.name).exists()
