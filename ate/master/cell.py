@@ -118,6 +118,8 @@ class Cell:
         # the execution-strategy answers of the current load; None outside a lot's window
         self._strategies: dict[str, Any] | None = None
         self._abort_reason = ""
+        self._summaries: set[str] = set()  # sites whose test summary came in this unload
+        self._lot_notes: set[str] = set()  # per-lot warnings already logged once
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
         self._last_publish: Deferred = succeed(None)
@@ -232,6 +234,8 @@ class Cell:
         except ValueError as e:
             self.machine.fault(f"site {site} sent a malformed test result: {e}")
             return
+        for note in outcome.warnings:
+            self._note_once(note.split(";")[0], note)
         part.results.append((site, records))
         part.outcomes[site] = outcome
         part.prrs[site] = records[-1]
@@ -265,6 +269,10 @@ class Cell:
         if self._state != "unloading" or self.datalog is None:
             self.log.warn("test summary from site {site} outside unloading ignored", site=site)
             return
+        if site in self._summaries:
+            self.log.warn("second test summary from site {site} ignored", site=site)
+            return
+        self._summaries.add(site)
         problems = self.datalog.add_summary(site, records)
         self._count_problems(problems)
 
@@ -470,6 +478,7 @@ class Cell:
         self.start_t = None
         self._strategies = None
         self._abort_reason = ""
+        self._lot_notes = set()
         self.settings.reset_to_defaults()
         self._publish(m.ControlLoadTest(
             sites=self.sites,
@@ -558,11 +567,16 @@ class Cell:
 
     def start_unload(self) -> None:
         self._strategies = None
+        self._summaries = set()
         self._publish(m.TestAppTerminate(sites=self.sites))
         self.tracker.begin_unloading()
         self._enter("unloading", "", timer="unload")
 
     def finish_unload(self) -> None:
+        missing = [s for s in self.sites if s not in self._summaries]
+        if missing and self.datalog is not None and not self.datalog.finalised:
+            self.log.warn("datalog finalised without the test summary of site(s) {sites} "
+                          "(their TSRs are missing from the footer)", sites=", ".join(missing))
         self._finalise("")
         self.tracker.begin_initialized()
         self._enter("initialized", "")
@@ -713,6 +727,13 @@ class Cell:
         start = self.start_t if self.start_t is not None else self.setup_t
         problems = self.datalog.write_parts(results, start)
         self._count_problems(problems)
+
+    def _note_once(self, key: str, text: str) -> None:
+        """A warning about the lot's data that would repeat every part: logged once per lot."""
+        if key in self._lot_notes:
+            return
+        self._lot_notes.add(key)
+        self.log.warn("{text} (logged once per lot)", text=text)
 
     def _count_problems(self, problems: Sequence[str]) -> None:
         for problem in problems:

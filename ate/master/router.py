@@ -123,7 +123,9 @@ class Router:
                        excerpt=_excerpt(payload))
         if error.command is not None and error.topic.endswith("/Master/cmd"):
             # a handler command we could not accept: answer it, change nothing
-            response = cell.command_error(error.command, f"{error.command} refused: {error.reason}")
+            where = f"{error.field}: " if error.field else ""
+            response = cell.command_error(error.command,
+                                          f"{error.command} refused: {where}{error.reason}")
             cell._publish(response)
 
 

@@ -168,6 +168,50 @@ def test_strategy_outside_a_lot_is_ignored(tmp_path, warnings_logged):
     for s in h.sites:
         h.mqtt(f"TestApp/execution_strategy/site{s}", bad)  # during unloading: ignored
     for s in h.sites:
+        h.mqtt(f"TestApp/testsummary/site{s}", summary(s))
         h.control(s, "idle")
     assert h.state == "initialized"
     assert warnings_logged == []
+
+
+def summary(site: str) -> dict:
+    return {"type": "testresult", "payload": [
+        {"type": "TSR", "HEAD_NUM": 0, "SITE_NUM": int(site), "TEST_TYP": "P",
+         "TEST_NUM": 1000, "EXEC_CNT": 2, "FAIL_CNT": 0, "TEST_NAM": "offset"}]}
+
+
+def test_second_summary_of_a_site_is_ignored_and_missing_ones_are_named(tmp_path,
+                                                                         warnings_logged):
+    h = Harness(tmp_path)
+    h.to_ready()
+    h.run_part()
+    h.handler("unload")
+    h.mqtt("TestApp/testsummary/site0", summary("0"))
+    h.mqtt("TestApp/testsummary/site0", summary("0"))
+    h.mqtt("TestApp/testsummary/site1", summary("1"))
+    for s in h.sites:
+        h.control(s, "idle")
+    assert h.state == "initialized"
+    assert warnings_logged == [
+        "second test summary from site 0 ignored",
+        "datalog finalised without the test summary of site(s) 2, 3 "
+        "(their TSRs are missing from the footer)"]
+    tsrs = [f for name, f in read_stdf(h.cell.datalog.path)
+            if name.lower() == "tsr" and f["HEAD_NUM"] == 0]
+    assert [t["SITE_NUM"] for t in tsrs] == [0, 1]
+
+
+def test_generated_part_id_is_warned_once_per_lot(tmp_path, warnings_logged):
+    h = Harness(tmp_path)
+    h.to_ready()
+    for _ in range(3):
+        h.next(sites=["0"])
+        h.testapp("0", "testing")
+        h.testapp("0", "idle")
+        h.mqtt("TestApp/testresult/site0", {"type": "testresult", "payload": [
+            {"type": "PIR", "HEAD_NUM": 0, "SITE_NUM": 0},
+            {"type": "PRR", "HEAD_NUM": 0, "SITE_NUM": 0, "PART_FLG": 0, "NUM_TEST": 1,
+             "HARD_BIN": 1, "SOFT_BIN": 1, "TEST_T": 5}]})
+        assert h.state == "ready"
+    assert len(warnings_logged) == 1
+    assert "PRR has neither PART_ID nor coordinates" in warnings_logged[0]
