@@ -656,7 +656,7 @@ class TwistedLink:
             mid = (mv[te] << 8) | mv[te + 1]
             if qos == 1:
                 self._afterSkip = _ACK(0x40, 2, mid)
-            else:  # QoS 2: PUBREC now is what paho does too; its PUBREL gets a PUBCOMP
+            else:  # QoS 2: PUBREC after its last byte; its PUBREL then gets a PUBCOMP
                 self._inQos2.pop(mid, None)
                 self._afterSkip = _ACK(0x50, 2, mid)
 
