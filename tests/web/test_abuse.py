@@ -12,6 +12,7 @@ import treq
 from twisted.internet import defer
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from ate.protocol import messages as m
 from ate.protocol.messages import MAX_JSON_DEPTH
 from ate.web.feed import MAX_UI_MESSAGE, encode_results
 from ate.web.site import access_log_line, make_site, redact_uri
@@ -62,7 +63,7 @@ def test_http_body_nested_below_the_recursion_limit_is_400_too(client_factory, e
     code, body = client.json("POST", "/api/v1/commands/next",
                              {"sites": [{"siteid": "0", "additionalinfo": info}]})
     assert code == 400 and body["error"] == "bad-json"
-    assert cell.commands[-1][0].__class__.__name__ == "Load"   # next never reached the cell
+    assert isinstance(cell.commands[-1][0], m.Load)   # the next never reached the cell
     ok = json.loads(deep(MAX_JSON_DEPTH - 3))
     code, body = client.json("POST", "/api/v1/commands/next",
                              {"sites": [{"siteid": "0", "additionalinfo": ok}]})
@@ -128,7 +129,7 @@ def test_websocket_message_in_many_small_fragments_is_capped_too(cell):
 def test_replies_larger_than_the_incoming_limit_are_still_sent(cell, fakes):
     srv = Server(cell)
     try:
-        cell.command(__import__("ate.protocol.messages", fromlist=["Load"]).Load(KNOWN_LOT))
+        cell.command(m.Load(KNOWN_LOT))
         big = [{"type": "DTR", "TEXT_DAT": "d" * (3 * MAX_UI_MESSAGE)}]
         cell.lot.results.append(big)
         client = yield srv.connect()
@@ -161,8 +162,6 @@ def test_encode_results_keeps_the_newest_that_fit():
 
 @pytest_twisted.inlineCallbacks
 def test_testresults_reply_is_bounded_by_bytes(cell, logbuffer):
-    from ate.protocol import messages as m
-
     srv = Server(cell)
     try:
         cell.command(m.Load(KNOWN_LOT))
@@ -180,7 +179,6 @@ def test_testresults_reply_is_bounded_by_bytes(cell, logbuffer):
 
 
 def test_api_results_are_bounded_by_bytes(client_factory, monkeypatch):
-    from ate.protocol import messages as m
     from ate.web import api
 
     client, cell = client_factory()
