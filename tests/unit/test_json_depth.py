@@ -9,6 +9,7 @@ nesting deeper than ``MAX_JSON_DEPTH``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from ate.protocol.errors import ProtocolError
 from ate.protocol.messages import MAX_JSON_DEPTH, Codec, json_too_deep
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(__file__))
 from cellharness import DEVICE, Harness, result_payload  # noqa: E402
 
 
