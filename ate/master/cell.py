@@ -203,10 +203,18 @@ class Cell:
         self._emit("sites", None)
 
     def control_log(self, site: str, line: str) -> None:
-        """A Control app's log line: kept as the reason of an error it reports without one."""
+        """A Control app's log line (``name|date|LEVEL|message``): its ERROR lines are the
+        reason of an error the app reports without one.  When the line comes after the
+        ``error`` status, the softerror message is completed and re-published."""
         fields = line.split("|", 3) if isinstance(line, str) else ()
-        message = fields[3].strip() if len(fields) == 4 else str(line).strip()
-        self.tracker.control_log(site, message[:500])
+        if len(fields) != 4:
+            return
+        level, message = fields[2].strip().upper(), fields[3].strip()[:500]
+        late = self.tracker.control_log(site, level, message)
+        bare = f"site {site}: control app reported error"
+        if late is not None and self._message == bare:
+            self._message = f"{bare}: {late}"
+            self._publish_status(force=True)
 
     def testapp_status(self, site: str, state: str) -> None:
         self.tracker.testapp(site, state)

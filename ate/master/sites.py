@@ -41,7 +41,7 @@ class _Site:
         self.control: str | None = None
         self.testapp: str | None = None
         self.error_message = ""
-        self.last_log = ""  # the message of the Control app's last log line
+        self.last_log = ""  # the Control app's last ERROR log line since the load/reset
         self.done = False  # phase goal reached for this site
         self.acked = False  # testing: TestApp reported testing (or sent its result)
         self.result = False  # testing: result received
@@ -108,6 +108,7 @@ class SiteTracker:
         self.phase = CONNECTING
         for s in self._sites.values():
             s.done = False
+            s.last_log = ""
             if after_reset:
                 s.control = "resetting"
                 s.testapp = None
@@ -128,6 +129,7 @@ class SiteTracker:
         self.phase = LOADING
         for s in self._sites.values():
             s.done = False
+            s.last_log = ""
 
     def begin_ready(self) -> None:
         self.phase = READY
@@ -152,12 +154,19 @@ class SiteTracker:
 
     # -- inputs --------------------------------------------------------------------
 
-    def control_log(self, site: str, message: str) -> None:
-        """The message of a Control app's log line: the reason of an error that the app
-        reports with an empty ``error_message`` (the Semi-ATE Control app does that)."""
+    def control_log(self, site: str, level: str, message: str) -> str | None:
+        """A Control app's log line.  Its ERROR lines are the reason of an error that the
+        app reports with an empty ``error_message`` (the Semi-ATE Control app logs the
+        reason at ERROR and publishes ``error`` without it).  Returns the reason when the
+        site already reported that error without one (the line came after the status)."""
         s = self._sites.get(site)
-        if s is not None:
-            s.last_log = message
+        if s is None or level not in ("ERROR", "CRITICAL") or not message:
+            return None
+        s.last_log = message
+        if s.control == "error" and not s.error_message:
+            s.error_message = message
+            return message
+        return None
 
     def control(self, site: str, state: str, error_message: str = "") -> None:
         s = self._sites[site]
