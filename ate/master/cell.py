@@ -519,6 +519,13 @@ class Cell:
                      for s in self.sites]
         else:
             infos = [_site_info_dict(si) for si in sites]
+            for info in infos:
+                # a TestApp reads partid and binning from its entry (§6.1): the real one
+                # fails without them, so an entry that lacks one gets the §4.5 default
+                if info.get("partid") is None:
+                    info["partid"] = str(next(self._part_ids))
+                if info.get("binning") is None:
+                    info["binning"] = -1
         order = tuple(i["siteid"] for i in infos)
         tested = tuple(sorted(order, key=_site_key))
         requested = {i["siteid"]: i for i in infos}
@@ -818,7 +825,7 @@ class Cell:
 
 def _site_info_dict(si: Any) -> dict:
     if isinstance(si, dict):
-        return si
+        return dict(si)
     out: dict[str, Any] = {"siteid": si.siteid}
     for name in ("partid", "binning", "logflag", "additionalinfo"):
         value = getattr(si, name)

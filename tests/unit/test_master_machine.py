@@ -173,8 +173,9 @@ def test_full_lot_wire_sequence(tmp_path):
     h.handler("next", {"sites": [{"siteid": "2", "partid": "A"}, {"siteid": 0, "partid": "B"}]})
     sent = h.pub.take()
     assert sent[0][1]["command"] == "next" and sent[0][1]["sites"] == ["0", "2"]
-    assert sent[0][1]["job_data"]["sites_info"] == [{"siteid": "2", "partid": "A"},
-                                                    {"siteid": "0", "partid": "B"}]
+    assert sent[0][1]["job_data"]["sites_info"] == [  # binning: the default (§4.5)
+        {"siteid": "2", "partid": "A", "binning": -1},
+        {"siteid": "0", "partid": "B", "binning": -1}]
     assert set(sent[0][1]["job_data"]) >= {"stop_on_fail", "single_step", "sites_info"}
     assert h.statuses(sent) == ["testing"]
     h.testapp("0", "testing")
