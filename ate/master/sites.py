@@ -126,10 +126,14 @@ class SiteTracker:
         self.phase = INITIALIZED
 
     def begin_loading(self) -> None:
+        """Wait until every TestApp the load starts reports idle.  A TestApp state heard
+        before (a stray or left-over TestApp) is not the new TestApp's: it is forgotten, so
+        that the new one's idle is not taken for a repeat."""
         self.phase = LOADING
         for s in self._sites.values():
             s.done = False
             s.last_log = ""
+            s.testapp = None
 
     def begin_ready(self) -> None:
         self.phase = READY
