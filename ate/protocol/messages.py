@@ -22,6 +22,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -470,7 +471,6 @@ def _jtype(value: Any) -> str:
 
 _json_decode = json.JSONDecoder().decode
 
-
 #: The deepest nesting of arrays and objects accepted in JSON from outside (MQTT payloads,
 #: HTTP bodies, websocket frames).  The protocol's messages nest 4 levels at most; a
 #: decoded value nested close to Python's recursion limit would make every later
@@ -637,9 +637,22 @@ def _record_name(rec: dict) -> Any:
 
 
 def _is_level(value: str) -> bool:
-    """True if ``value`` can be one MQTT topic level naming a peripheral."""
-    return (bool(value) and value not in RESERVED_APPS
-            and not any(c in value for c in "/+#\x00"))
+    """True if ``value`` can be one MQTT topic level naming a peripheral: not empty, not a
+    reserved app name, no ``/ + #``, and nothing a broker refuses in a topic (mosquitto
+    drops a client that publishes a topic with a control character, a lone surrogate or a
+    non-character, and every resend of that QoS 2 message after the reconnect again), at
+    most 256 bytes of UTF-8."""
+    if not value or value in RESERVED_APPS or len(value) > 256:
+        return False
+    if value.isascii():
+        return value.isprintable() and not any(c in value for c in "/+#")
+    if any(c in value for c in "/+#"):
+        return False
+    for c in value:
+        cat = unicodedata.category(c)
+        if cat in ("Cc", "Cs") or c in "\ufffe\uffff":
+            return False
+    return len(value.encode("utf-8")) <= 256
 
 
 # ---------------------------------------------------------------------------

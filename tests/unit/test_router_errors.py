@@ -28,3 +28,31 @@ def test_next_entry_without_partid_or_binning_gets_the_defaults(tmp_path):
     assert infos[0]["siteid"] == "0" and infos[0]["binning"] == -1
     assert isinstance(infos[0]["partid"], str) and infos[0]["partid"]
     assert infos[1] == {"siteid": "1", "partid": "X", "binning": -1, "logflag": 2}
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ate.protocol import messages as m  # noqa: E402
+from ate.protocol.errors import ProtocolError  # noqa: E402
+
+
+@pytest.mark.parametrize("ptype", ["Temp\x01", "\ud800", "a\x7f", "a\u0085b", "x\ufffe",
+                                   "a/b", "+", "#", "", "x" * 257, "\u00e9" * 129])
+def test_io_request_for_a_type_no_broker_takes_as_a_topic_is_malformed(ptype):
+    codec = m.Codec("D", ["0"])
+    payload = json.dumps({"type": "io-control-request", "periphery_type": ptype,
+                          "ioctl_name": "set", "parameters": {}}).encode()
+    with pytest.raises(ProtocolError) as e:
+        codec.decode("ate/D/TestApp/io-control/site0/request", payload)
+    assert e.value.field == "periphery_type" and e.value.site == "0"
+
+
+@pytest.mark.parametrize("ptype", ["Temperature", "Magnetic_Field", "Temp\u00e9rature", "a b"])
+def test_io_request_for_a_normal_type_is_decoded(ptype):
+    codec = m.Codec("D", ["0"])
+    payload = json.dumps({"type": "io-control-request", "periphery_type": ptype,
+                          "ioctl_name": "set", "parameters": {}}).encode()
+    msg = codec.decode("ate/D/TestApp/io-control/site0/request", payload)
+    assert msg.periphery_type == ptype
