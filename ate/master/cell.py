@@ -8,6 +8,7 @@ results and datalog, the phase timers.  Time comes from the injected clock only.
 from __future__ import annotations
 
 import itertools
+import reprlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,13 @@ from ate.protocol import messages as m
 from ate.stdf.sink import Datalog
 
 LOG_LEVELS = (10, 20, 30, 40)
+
+# a bounded repr of a payload for a log line (a result can be megabytes)
+_REPR = reprlib.Repr()
+_REPR.maxlist = _REPR.maxtuple = 8
+_REPR.maxdict = 24
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlevel = 4
 
 
 class Publisher(Protocol):
@@ -224,7 +232,8 @@ class Cell:
         """A Control status of another interface version (protocol.md §2.5)."""
         self.machine.fatal(message)
 
-    def test_result(self, site: str, records: Sequence[dict], raw: Any = None) -> None:
+    def test_result(self, site: str, records: Sequence[dict], size: int = 0) -> None:
+        """A TestApp's result; ``size`` is its payload length (bounds what the UI keeps)."""
         part = self.part
         problem = self.tracker.result_problem(site) if part is not None else (
             f"unexpected test result from site {site} (no part under test)"
@@ -234,11 +243,12 @@ class Cell:
                 self.metrics.duplicate_results += 1
             else:
                 self.metrics.unexpected_results += 1
-            self.log.warn("{problem}; ignored: {records!r}", problem=problem, records=records)
+            self.log.warn("{problem}; ignored: {records}", problem=problem,
+                          records=_REPR.repr(records))
             return
         assert part is not None and self.lot is not None
         try:
-            outcome = self.lot.add_result(site, records)
+            outcome = self.lot.add_result(site, records, size)
         except ValueError as e:
             self.machine.fault(f"site {site} sent a malformed test result: {e}")
             return

@@ -83,11 +83,14 @@ class Lot:
     """Results, yields and bins of one loaded lot.
 
     ``sites`` are the configured site ids in configured order; ``device_id`` is the
-    tester's id (D). ``keep_last`` bounds the results kept for the web UI.
+    tester's id (D). ``keep_last`` bounds the results kept for the web UI, and so do
+    ``keep_bytes`` (their total payload size) and ``entry_bytes`` (a larger result is kept
+    as its first and last record only, PIR and PRR, which is what the UI shows of it).
     """
 
     def __init__(self, job: Any, sites: Sequence[str], device_id: str,
-                 keep_last: int = 1000) -> None:
+                 keep_last: int = 1000, keep_bytes: int = 16 << 20,
+                 entry_bytes: int = 256 << 10) -> None:
         if isinstance(sites, str) or not sites:
             raise ValueError("Lot needs a non-empty list of site ids")
         if keep_last < 0:
@@ -109,7 +112,12 @@ class Lot:
         # part id -> (site, head, soft bin, hard bin, part flag, retest count)
         self._parts: dict[str, tuple[str, int, int, int, int, int]] = {}
         self._tally = Tally()
-        self._last: deque[list[dict]] = deque(maxlen=keep_last)
+        self._last: deque[list[dict]] = deque()
+        self._last_sizes: deque[int] = deque()
+        self._last_bytes = 0
+        self._keep_last = keep_last
+        self._keep_bytes = keep_bytes
+        self._entry_bytes = entry_bytes
         self._test_time = _RunningStats()
         self._cycle = _RunningStats()
 
@@ -125,7 +133,7 @@ class Lot:
         """The final-part counts (read only; used for the STDF footer)."""
         return self._tally
 
-    def add_result(self, site: str, records: Sequence[dict]) -> PartOutcome:
+    def add_result(self, site: str, records: Sequence[dict], size: int = 0) -> PartOutcome:
         """Count one site result (PIR … PRR) in O(1); a known part id is a retest.
 
         Raises ValueError naming the problem (unconfigured site, not exactly one PRR,
@@ -167,8 +175,8 @@ class Lot:
             retests = old[5] + 1
         self._parts[part_id] = (site, head, soft, hard, flag or 0, retests)
         self._tally.add(site, soft, hard, retests, 1)
-        if self._last.maxlen:
-            self._last.append(list(records))
+        if self._keep_last:
+            self._remember(records, size)
         if test_t is not None:
             self._test_time.add(float(test_t))
 
@@ -256,6 +264,21 @@ class Lot:
                             for s in self.sites]}
             for sb, e in self._entries.items()
         ]
+
+    def _remember(self, records: Sequence[dict], size: int) -> None:
+        """Keep a result for the UI: at most keep_last of them and keep_bytes in all
+        (``size`` is the result's payload length, as received)."""
+        if size > self._entry_bytes and len(records) > 2:
+            records = (records[0], records[-1])
+            size = self._entry_bytes
+        last, sizes = self._last, self._last_sizes
+        last.append(list(records))
+        sizes.append(size)
+        self._last_bytes += size
+        while len(last) > self._keep_last or (self._last_bytes > self._keep_bytes
+                                              and len(last) > 1):
+            last.popleft()
+            self._last_bytes -= sizes.popleft()
 
     def last_results(self) -> list[list[dict]]:
         """The last <= keep_last site results (their records), oldest first."""

@@ -324,3 +324,19 @@ def test_random_lot_with_retests_matches_ground_truth() -> None:
     assert sum(b["total"] for b in s["bins"]) == len(final)
     # Compact per-part state: one small tuple per distinct part.
     assert all(isinstance(v, tuple) and len(v) == 6 for v in lot._parts.values())
+
+
+
+def test_last_results_are_bounded_by_bytes_and_huge_ones_keep_pir_and_prr() -> None:
+    lot = Lot(make_job(), SITES, "D", keep_last=1000, keep_bytes=10_000, entry_bytes=3_000)
+    for i in range(20):
+        lot.add_result("0", result("0", 1, f"P{i}"), size=1_000)
+    kept = lot.last_results()
+    assert [r[-1]["PART_ID"] for r in kept] == [f"P{i}" for i in range(10, 20)]
+    big = result("0", 1, "BIG")
+    big[1:2] = [big[1]] * 50
+    lot.add_result("0", big, size=4 << 20)  # kept as PIR + PRR, counted as 3 000 bytes
+    kept = lot.last_results()
+    assert [r["type"] for r in kept[-1]] == ["PIR", "PRR"]
+    assert [r[-1]["PART_ID"] for r in kept] == [f"P{i}" for i in range(13, 20)] + ["BIG"]
+    assert lot.parts_tested == 21
