@@ -50,6 +50,7 @@ LOG_LEVELS = (10, 20, 30, 40)
 JOB_SOURCES = ("filesystem", "static")
 JOB_FORMATS = ("xml.semi-ate",)
 HANDLER_TYPES = ("geringer", "simulated")
+SERIAL_PARITIES = ("N", "E", "O", "M", "S")
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +174,14 @@ class HandlerConfig:
     site_map: tuple[tuple[str, str], ...] | None
     timeouts: HandlerTimeouts
     warnings: tuple[str, ...] = ()
+    #: the handler device's serial port (e.g. ``/dev/ttyUSB0``) and its line settings;
+    #: the command line's positional port and ``--baudrate`` etc. take precedence
+    serial_port: str | None = None
+    serial_baudrate: int = 115200
+    serial_timeout: float = 0.2
+    serial_parity: str = "N"
+    serial_bytesize: int = 8
+    serial_stopbits: float = 1
 
 
 @dataclass(frozen=True)
@@ -637,6 +646,8 @@ def load_master_config(
     sites: str | Sequence[str] | None = None,
     broker_host: str | None = None,
     broker_port: int | str | None = None,
+    webui_host: str | None = None,
+    webui_port: int | str | None = None,
 ) -> MasterConfig:
     """Load and validate the ate-master config file at ``path``.
 
@@ -646,7 +657,8 @@ def load_master_config(
     """
     name, data, warnings = _read_file(path)
     return _master_config(
-        _start(data, name, warnings), device_id, sites, broker_host, broker_port
+        _start(data, name, warnings), device_id, sites, broker_host, broker_port,
+        webui_host, webui_port,
     )
 
 
@@ -658,9 +670,12 @@ def master_config_from_dict(
     sites: str | Sequence[str] | None = None,
     broker_host: str | None = None,
     broker_port: int | str | None = None,
+    webui_host: str | None = None,
+    webui_port: int | str | None = None,
 ) -> MasterConfig:
     """Like :func:`load_master_config`, from an already parsed object; ``path`` = ``source``."""
-    return _master_config(_start(data, source), device_id, sites, broker_host, broker_port)
+    return _master_config(_start(data, source), device_id, sites, broker_host, broker_port,
+                          webui_host, webui_port)
 
 
 def _override(r: _Reader, key: str, value: Any) -> Any:
@@ -671,12 +686,24 @@ def _override(r: _Reader, key: str, value: Any) -> Any:
     return value
 
 
+def _port_override(r: _Reader, key: str, value: Any, default: int) -> Any:
+    """A command-line port (int or decimal text) instead of the file's value or default."""
+    if value is None:
+        return r.raw(key, default)
+    r.seen.add(key)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
+
+
 def _master_config(
     r: _Reader,
     device_id: str | None,
     sites: Any,
     broker_host: str | None,
     broker_port: int | str | None,
+    webui_host: str | None = None,
+    webui_port: int | str | None = None,
 ) -> MasterConfig:
     if r.raw("develop_mode", False) is not False:
         value = r.data["develop_mode"]
@@ -755,8 +782,9 @@ def _master_config(
         sites=site_ids,
         handler_id=handler_id,
         environment=r.string("environment", "", empty=True),
-        webui_host=r.string("webui_host", "127.0.0.1"),
-        webui_port=_check_port(r, "webui_port", r.raw("webui_port", 8081)),
+        webui_host=(r.string("webui_host", "127.0.0.1") if webui_host is None
+                    else _check_string(r, "webui_host", _override(r, "webui_host", webui_host))),
+        webui_port=_check_port(r, "webui_port", _port_override(r, "webui_port", webui_port, 8081)),
         webui_root_path=web_root,
         webui_token=webui_token,
         jobsource=jobsource,
@@ -864,6 +892,14 @@ def _handler_config(
 
     serial = r.raw("serial", None)
     listen = r.raw("listen", None)
+    serial_port = r.string("serial_port", None)
+    if serial_port is not None:
+        for other in ("serial", "listen"):
+            if r.raw(other, None) is not None:
+                r.fail("serial_port", f"give either serial_port or {other}, not both")
+    stopbits = r.raw("serial_stopbits", 1)
+    if not _is_number(stopbits) or stopbits not in (1, 1.5, 2):
+        r.fail("serial_stopbits", f"must be 1, 1.5 or 2, got {_describe(stopbits)}")
     config = HandlerConfig(
         path=r.source,
         broker=broker,
@@ -876,6 +912,12 @@ def _handler_config(
         listen=None if listen is None else _check_endpoint(r, "listen", listen),
         site_map=site_map,
         timeouts=_read_timeouts(r, "timeouts", HandlerTimeouts()),
+        serial_port=serial_port,
+        serial_baudrate=r.integer("serial_baudrate", 115200, minimum=1),
+        serial_timeout=r.number("serial_timeout", 0.2),
+        serial_parity=r.choice("serial_parity", SERIAL_PARITIES, "N"),
+        serial_bytesize=r.integer("serial_bytesize", 8, choices=(5, 6, 7, 8)),
+        serial_stopbits=int(stopbits) if stopbits in (1, 2) else float(stopbits),
     )
     r.warn_unknown()
     return _with_warnings(config, r)

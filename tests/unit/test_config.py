@@ -545,11 +545,17 @@ def test_etc_master_toml_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_etc_master_json_mirrors_fixture(workdir: Path) -> None:
-    assert json.loads((ETC / "master.json").read_text()) == json.loads(MASTER_FIXTURE.read_text())
+    """etc/master.json is the reference's file, without its web root "./webui" (which a
+    checkout does not have: the shipped UI is the default) and with the datalog and log
+    directories of etc/master.toml."""
+    shipped = json.loads((ETC / "master.json").read_text())
+    reference = json.loads(MASTER_FIXTURE.read_text())
+    del reference["webui_root_path"]
+    reference.update(stdf_directory="datalogs", log_directory="log")
+    assert shipped == reference
     from_etc_json = load_master_config(str(ETC / "master.json"))
     from_etc_toml = load_master_config(str(ETC / "master.toml"))
-    expected = replace(from_etc_json, path="x")
-    assert replace(from_etc_toml, path="x", webui_root_path="./webui") == expected
+    assert replace(from_etc_toml, path="x") == replace(from_etc_json, path="x")
 
 
 def test_etc_handler_toml_loads() -> None:
@@ -558,7 +564,9 @@ def test_etc_handler_toml_loads() -> None:
     assert cfg.handler_id == "HTO92-20F"
     assert cfg.timeouts == HandlerTimeouts()
     fixture = load_handler_config(str(HANDLER_FIXTURE))
-    assert replace(cfg, path="x") == replace(fixture, path="x")
+    # the reference's file plus the serial port in the config (the reference takes it
+    # from the command line only)
+    assert replace(cfg, path="x") == replace(fixture, path="x", serial_port="/dev/ttyUSB0")
 
 
 def test_etc_sim_sites_toml_loads() -> None:
@@ -799,3 +807,50 @@ def test_mqtt_client_choice(tmp_path):
     with pytest.raises(ConfigError) as e:
         master_config_from_dict(dict(base, mqtt_client="hbmqtt"), source="t")
     assert "mqtt_client" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------
+# command-line overrides of the web address; the handler's serial port in the config
+
+
+def test_web_address_overrides_replace_the_file(workdir: Path) -> None:
+    cfg = load_master_config(str(MASTER_FIXTURE), webui_host="::1", webui_port="18090")
+    assert (cfg.webui_host, cfg.webui_port) == ("::1", 18090)
+    cfg = master_config_from_dict(master_data(), webui_port=18091)
+    assert (cfg.webui_host, cfg.webui_port) == ("127.0.0.1", 18091)
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "x80", 0])
+def test_web_port_override_is_validated(port: Any) -> None:
+    with pytest.raises(ConfigError) as e:
+        master_config_from_dict(master_data(webui_root_path=DELETE), source="m.json",
+                                webui_port=port)
+    assert str(e.value).startswith("m.json: webui_port: ")
+
+
+def test_handler_serial_port_and_line_settings() -> None:
+    cfg = handler_config_from_dict(handler_data(
+        serial_port="/dev/ttyS1", serial_baudrate=9600, serial_parity="E", serial_bytesize=7,
+        serial_stopbits=2, serial_timeout=0.5))
+    assert (cfg.serial_port, cfg.serial_baudrate, cfg.serial_parity, cfg.serial_bytesize,
+            cfg.serial_stopbits, cfg.serial_timeout) == ("/dev/ttyS1", 9600, "E", 7, 2, 0.5)
+    plain = handler_config_from_dict(handler_data())
+    assert (plain.serial_port, plain.serial_baudrate, plain.serial_parity,
+            plain.serial_bytesize, plain.serial_stopbits) == (None, 115200, "N", 8, 1)
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"serial_port": "/dev/ttyS1", "serial": "tcp:h:1"}, "serial_port"),
+    ({"serial_port": "/dev/ttyS1", "listen": "tcp:5000"}, "serial_port"),
+    ({"serial_port": ""}, "serial_port"),
+    ({"serial_parity": "X"}, "serial_parity"),
+    ({"serial_bytesize": 9}, "serial_bytesize"),
+    ({"serial_stopbits": 3}, "serial_stopbits"),
+    ({"serial_stopbits": True}, "serial_stopbits"),
+    ({"serial_baudrate": 0}, "serial_baudrate"),
+    ({"serial_timeout": -1}, "serial_timeout"),
+])
+def test_handler_serial_settings_errors(changes: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        handler_config_from_dict(handler_data(**changes), source="h.json")
+    assert str(e.value).startswith(f"h.json: {key}: ")
