@@ -2,11 +2,14 @@
 
 Options override the config file: ``--broker host:port``, ``--device-id D``,
 ``--sites 0,1,2,3``.  The sites may be started before or after the master: every Control
-app publishes its state on connect and again on every ``Master/status``.
+app publishes its state on connect and again on every ``Master/status``.  A config error
+stops it before anything starts, with one line naming the file and the key (exit status
+2); ``--check`` prints what it would run with and exits 0, or 2 with errors.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -17,6 +20,12 @@ from ate.config import ConfigError, load_sim_config
 from ate.sim.sites import SimSitesService
 
 log = Logger(namespace="ate.sim.tap")
+
+
+def _fail(line: str) -> None:
+    sys.stderr.write(f"ate-sim-sites: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
 
 
 def parse_broker(value: str) -> tuple[str, int]:
@@ -47,6 +56,7 @@ class Options(usage.Options):
         ["sites", "s", None, "Comma-separated site ids (overrides the config)"],
     ]
     optFlags = [
+        ["check", None, "Validate the configuration, print what would run, exit 0 or 2"],
         ["logs", None, "Publish Control/TestApp log lines (protocol 2.11)"],
         ["per-site-clients", None,
          "One MQTT client per Control app and per TestApp, with their real last wills"],
@@ -63,7 +73,15 @@ class Options(usage.Options):
                 self["config"], device_id=self["device-id"], sites=self["sites"],
                 broker_host=host, broker_port=port)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            _fail(str(e))
+        if self["check"]:
+            from ate import __version__
+            from ate.checks import check_sim
+
+            report = check_sim(self["sim_config"])
+            sys.stdout.write(report.text(__version__))
+            sys.stdout.flush()
+            raise SystemExit(report.exit_code)
 
 
 def makeService(options: Any, reactor: Any = None) -> IService:
@@ -73,8 +91,14 @@ def makeService(options: Any, reactor: Any = None) -> IService:
     cfg = options["sim_config"]
     for warning in cfg.warnings:
         log.warn("{path}: {warning}", path=cfg.path, warning=warning)
-    log.info("simulating sites {sites} of {device} on {host}:{port}",
+    from ate import __version__
+
+    log.info("ate-sim-sites {version} with {path}: simulating sites {sites} of {device} on "
+             "{host}:{port}", version=__version__, path=cfg.path,
              sites=",".join(cfg.sites), device=cfg.device_id,
              host=cfg.broker.host, port=cfg.broker.port)
+    from ate.tap import install_clean_exit
+
+    install_clean_exit(reactor)  # SIGTERM/SIGINT: a clean stop, exit status 0
     return SimSitesService(reactor, cfg, publish_logs=bool(options["logs"]),
                            per_site_clients=bool(options["per-site-clients"]))

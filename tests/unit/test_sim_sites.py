@@ -614,7 +614,6 @@ def test_tap_options_overrides(tmp_path):
     (["--broker", "nohost"], "expected HOST:PORT"),
     (["--broker", "h:x"], "is not a number"),
     (["--broker", "h:70000"], "out of range"),
-    (["--sites", "0,0"], "sites"),
 ])
 def test_tap_options_errors(tmp_path, argv, needle):
     from twisted.python.usage import UsageError
@@ -628,12 +627,26 @@ def test_tap_options_errors(tmp_path, argv, needle):
     assert needle in str(e.value)
 
 
-def test_tap_missing_config_file_names_it(tmp_path):
-    from twisted.python.usage import UsageError
+@pytest.mark.parametrize("argv,needle", [
+    (["--sites", "0,0"], ": sites: "),
+    (["--device-id", "a/b"], ": device_id: "),
+])
+def test_tap_config_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
+    from ate.sim.tap import Options
 
+    with pytest.raises(SystemExit) as e:
+        Options().parseOptions(["--config", _write_config(tmp_path)] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ate-sim-sites: ") and err.count("\n") == 1 and needle in err
+
+
+def test_tap_missing_config_file_names_it(tmp_path, capsys):
     from ate.sim.tap import Options
 
     missing = str(tmp_path / "nope.json")
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(SystemExit) as e:
         Options().parseOptions(["--config", missing])
-    assert "nope.json" in str(e.value)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope.json" in err and err.count("\n") == 1
