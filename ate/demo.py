@@ -6,10 +6,16 @@ the master with its web UI, N simulated sites and the handler application drivin
 simulated handler device that runs lots of the demo job (``ate/demodata``) one after the
 other.  Services start in that order (broker first) and stop one after the other in the
 reverse order (handler first, broker last), so the master finalises the open datalog
-while the broker still carries its last status.  SIGTERM/SIGINT exit with status 0.
+while the broker still carries its last status.  SIGTERM/SIGINT exit with status 0, and
+so does the end of ``--lots N`` lots.
 
-Without mosquitto installed it stops before anything starts, with one line saying how
-to install it.
+It logs one start-up line with the address of the UI and where the datalogs go: a
+temporary directory removed at exit, or ``--stdf-dir``; either way only the last
+``--keep-lots`` (20) lots are kept.  twistd's log shows INFO and above (``--verbose``:
+DEBUG too).
+
+Without a broker program, or when the web port is taken, it stops before anything
+starts, with one line saying what to do (exit status 2).
 """
 
 from __future__ import annotations
@@ -24,8 +30,16 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.python import usage
+
+import ate
 
 from ate.config import (
     ConfigError,
@@ -37,6 +51,7 @@ from ate.config import (
     sim_config_from_dict,
 )
 from ate.handler.drivers.simulated import SimulatedHandler
+from ate.handler.tap import QuietHandlerService
 
 __all__ = ["Options", "makeService", "DemoService", "BrokerService", "DemoHandler",
            "FAULT_KEYS", "DEVICE_ID", "HANDLER_ID", "LOT_NUMBER"]
@@ -83,26 +98,43 @@ def _fault_value(name: str, text: str) -> Any:
 
 
 class Options(usage.Options):
-    synopsis = "[--sites N] [--test-time S] [--parts-per-lot N] [--port P] [--fault K=V]"
+    synopsis = ("[--sites N] [--test-time S] [--parts-per-lot N] [--web-port P] [--lots N] "
+                "[--stdf-dir DIR] [--keep-lots N] [--fault K=V] [--verbose]")
     longdesc = ("Run a whole test cell in one process: a private mosquitto broker, the "
                 "master with its web UI, simulated sites and a simulated handler running "
-                "lots.  Open the printed address in a browser.")
+                "lots.  Open the address it prints in a browser.  Datalogs go to a "
+                "temporary directory removed at exit unless --stdf-dir is given; only the "
+                "last --keep-lots lots are kept.  --lots N stops it (exit 0) after N lots.")
     optParameters = [
         ["sites", "n", 4, "Number of simulated sites.", _number(int, "sites", 1)],
         ["test-time", "t", 0.05, "Test time of one part in seconds.",
          _number(float, "test-time", 0.0)],
         ["parts-per-lot", None, 200, "Parts in every lot.", _number(int, "parts-per-lot", 1)],
-        ["port", "p", 8081, "Port of the web UI and API on 127.0.0.1.",
-         _number(int, "port", 1)],
-        ["stdf-dir", None, "./demo-stdf", "Directory of the STDF datalogs (and the master's "
-                                          "log files, in its 'log' subdirectory)."],
-        ["lots", None, 0, "Number of lots to run; 0 runs lots forever.",
-         _number(int, "lots", 0)],
+        ["web-port", "p", 8081, "Port of the web UI and API on 127.0.0.1; 0 takes a free "
+                                "port (the start-up line shows it).",
+         _number(int, "web-port", 0)],
+        ["stdf-dir", None, None, "Directory of the STDF datalogs and lot summaries (and the "
+                                 "master's log files, in its 'log' subdirectory), kept at "
+                                 "exit.  Default: a temporary directory removed at exit."],
+        ["keep-lots", None, 20, "Keep the datalogs of the last N lots only; 0 keeps all.",
+         _number(int, "keep-lots", 0)],
+        ["lots", None, 0, "Number of lots to run, then exit with status 0; 0 runs lots "
+                          "until stopped.", _number(int, "lots", 0)],
+    ]
+    optFlags = [
+        ["verbose", "v", "Log DEBUG events too (the default shows INFO and above)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["faults"] = {}
+
+    def opt_port(self, value: str) -> None:
+        """Old name of --web-port."""
+        try:
+            self["web-port"] = _number(int, "port", 0)(value)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def opt_fault(self, value: str) -> None:
         """Inject a fault in the simulated sites, NAME=VALUE (repeatable or comma
@@ -118,8 +150,8 @@ class Options(usage.Options):
             self["faults"][name] = _fault_value(name, text.strip())
 
     def postOptions(self) -> None:
-        if self["port"] > 65535:
-            raise usage.UsageError(f"--port: out of range 1-65535, got {self['port']}")
+        if self["web-port"] > 65535:
+            raise usage.UsageError(f"--web-port: out of range 0-65535, got {self['web-port']}")
         try:
             # validated now, so that a bad --fault stops twistd before anything starts
             sim_config(self, 1883)
@@ -135,9 +167,11 @@ def _site_ids(options: Any) -> list[str]:
     return [str(i) for i in range(options["sites"])]
 
 
-def master_config(options: Any, broker_port: int, job_dir: str) -> MasterConfig:
+def master_config(options: Any, broker_port: int, job_dir: str,
+                  stdf_dir: str | None = None) -> MasterConfig:
+    """The demo master's configuration; datalogs in ``stdf_dir`` (default: --stdf-dir)."""
     sites = _site_ids(options)
-    stdf = os.path.abspath(options["stdf-dir"])
+    stdf = os.path.abspath(stdf_dir if stdf_dir is not None else options["stdf-dir"])
     return master_config_from_dict({
         "broker_host": "127.0.0.1", "broker_port": broker_port,
         "device_id": DEVICE_ID, "sites": sites, "Handler": HANDLER_ID,
@@ -145,7 +179,7 @@ def master_config(options: Any, broker_port: int, job_dir: str) -> MasterConfig:
         "filesystemdatasource_path": job_dir,
         "filesystemdatasource_jobpattern": JOB_PATTERN,
         "skip_jobdata_verification": False, "enable_timeouts": True,
-        "webui_host": "127.0.0.1", "webui_port": options["port"],
+        "webui_host": "127.0.0.1", "webui_port": options["web-port"] or 8081,
         "site_layout": [[i, 0] for i in range(len(sites))],
         "loglevel": 20,
         "stdf_directory": stdf, "log_directory": os.path.join(stdf, "log"),
@@ -219,26 +253,22 @@ class BrokerService(Service):
 
 
 class ReportService(Service):
-    """Prints the address of the UI once and the progress every few seconds."""
+    """Logs the demo's start-up line once (with the address of the UI and where the
+    datalogs go) and the progress every few seconds."""
 
     def __init__(self, clock: Any, url: str, device: SimulatedHandler, cell: Any,
-                 interval: float = REPORT_INTERVAL, out: Any = None) -> None:
+                 interval: float = REPORT_INTERVAL, line: str | None = None) -> None:
         self.clock = clock
         self.url = url
         self.device = device
         self.cell = cell
         self.interval = interval
-        self.out = out
+        self.line = line if line is not None else f"ate-demo: open {url}"
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        line = f"ate-demo: open {self.url}"
-        log.info("{line}", line=line)
-        out = self.out if self.out is not None else sys.__stdout__
-        if out is not None:
-            out.write(line + "\n")
-            out.flush()
+        log.info("{line}", line=self.line)
         self._loop = LoopingCall(self.report)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -256,9 +286,87 @@ class ReportService(Service):
             self._loop.stop()
 
 
+class LotLimit(Service):
+    """Stops the demo (``stop()``, e.g. ``reactor.stop``) once ``count`` lots are done."""
+
+    def __init__(self, device: SimulatedHandler, count: int, stop: Any, clock: Any) -> None:
+        self.device = device
+        self.count = count
+        self.stop = stop
+        self.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self.device.wait_lots(self.count).addCallback(self._done)
+
+    def _done(self, _: Any) -> None:
+        if not self.running:
+            return
+        log.info("ate-demo: {count} lot(s) done, stopping", count=self.count)
+        self.clock.callLater(0, self.stop)
+
+
+class LotPruner:
+    """Cell listener: after every finalised datalog, removes the oldest lots of the demo
+    (``<lot>_<device>_*.stdf`` with its ``.summary.json`` and ``.summary.txt``) in the
+    datalog directory beyond the last ``keep`` (0: keep all)."""
+
+    def __init__(self, directory: str, keep: int,
+                 prefix: str = f"{LOT_NUMBER}_{DEVICE_ID}_") -> None:
+        self.directory = directory
+        self.keep = keep
+        self.prefix = prefix
+
+    def __call__(self, kind: str, data: Any) -> None:
+        if kind == "finalised":
+            self.prune()
+
+    def lots(self) -> list[str]:
+        """Base paths of the demo's lots in the directory, oldest first."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        bases = [os.path.join(self.directory, n[:-len(".stdf")]) for n in names
+                 if n.startswith(self.prefix) and n.endswith(".stdf")]
+
+        def age(base: str) -> tuple[float, str]:
+            try:
+                return os.stat(base + ".stdf").st_mtime, base
+            except OSError:
+                return 0.0, base
+
+        return sorted(bases, key=age)
+
+    def prune(self) -> list[str]:
+        if not self.keep:
+            return []
+        lots = self.lots()
+        removed = lots[:-self.keep] if len(lots) > self.keep else []
+        for base in removed:
+            for suffix in (".stdf", ".summary.json", ".summary.txt"):
+                try:
+                    os.remove(base + suffix)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.error("cannot remove the old datalog {path}: {e}", path=base + suffix,
+                              e=e)
+        return removed
+
+
 class DemoService(MultiService):
     """Starts its children in order; stops them one after the other in reverse order,
-    each once the one after it has stopped."""
+    each once the one after it has stopped.  ``console_level`` (if set) is the lowest
+    level twistd's own log observer shows once logging has begun."""
+
+    console_level: Any = None
+    exclude_observers: tuple[Any, ...] = ()
+
+    def privilegedStartService(self) -> None:
+        if self.console_level is not None:
+            filter_console(self.console_level, exclude=self.exclude_observers)
+        super().privilegedStartService()
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
@@ -278,57 +386,99 @@ class DemoService(MultiService):
         return Deferred.fromCoroutine(stop_all())
 
 
+def filter_console(level: Any, *, exclude: Any = (), publisher: Any = None) -> int:
+    """Wrap the log observers twistd installed (all of ``publisher``'s but ``exclude``)
+    so that they only see events at ``level`` and above.  Returns how many were wrapped.
+
+    twistd has no log-level option; its observer is whatever it added to the global log
+    publisher when logging began, so this runs after that (privilegedStartService).
+    """
+    publisher = publisher if publisher is not None else globalLogPublisher
+    observers = getattr(publisher, "_observers", None)
+    if observers is None:  # pragma: no cover - a future twisted.logger
+        return 0
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    wrapped = 0
+    for observer in list(observers):
+        if any(observer is e for e in exclude) or isinstance(observer, FilteringLogObserver):
+            continue
+        publisher.removeObserver(observer)
+        publisher.addObserver(FilteringLogObserver(observer, [predicate]))
+        wrapped += 1
+    return wrapped
+
+
 def build_demo(options: Any, reactor: Any, broker: Any, *, observe_logs: bool = True,
-               out: Any = None) -> tuple[DemoService, dict[str, Any]]:
+               stop: Any = None) -> tuple[DemoService, dict[str, Any]]:
     """Assemble the demo on ``broker`` (a not yet started ``Mosquitto`` whose ``port`` is
-    set); returns the top service and its parts by name."""
+    set); returns the top service and its parts by name.  ``stop`` ends the demo after
+    ``--lots`` lots (default ``reactor.stop``)."""
     work_dir = tempfile.mkdtemp(prefix="ate-demo-")
     try:
-        return _assemble(options, reactor, broker, work_dir, observe_logs, out)
+        return _assemble(options, reactor, broker, work_dir, observe_logs, stop)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
 
 
 def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_logs: bool,
-              out: Any) -> tuple[DemoService, dict[str, Any]]:
+              stop: Any) -> tuple[DemoService, dict[str, Any]]:
     from ate.handler.service import HandlerService
     from ate.sim.sites import SimSitesService
     from ate.tap import build_master
+    from ate.testing.broker import free_port
 
     job_dir = os.path.join(work_dir, "jobs")
     os.makedirs(job_dir)
     job_text = resources.files("ate.demodata").joinpath(JOB_FILE).read_bytes()
     with open(os.path.join(job_dir, JOB_FILE), "wb") as f:
         f.write(job_text)
-    mcfg = master_config(options, broker.port, job_dir)
+    kept = options["stdf-dir"] is not None
+    stdf_dir = os.path.abspath(options["stdf-dir"]) if kept else os.path.join(work_dir, "stdf")
+    web_port = options["web-port"] or free_port()
+    mcfg = master_config(dict(options, **{"web-port": web_port}), broker.port, job_dir,
+                         stdf_dir)
     scfg = sim_config(options, broker.port)
     hcfg = handler_config(options, broker.port)
     os.makedirs(mcfg.stdf_directory, exist_ok=True)
 
     top = DemoService()
     BrokerService(broker, work_dir).setServiceParent(top)  # started first, stopped last
-    master, cell = build_master(mcfg, reactor, observe_logs=observe_logs)
+    master, cell = build_master(mcfg, reactor, observe_logs=observe_logs, announce=False)
     master.setServiceParent(top)
+    top.exclude_observers = tuple(o for o in (cell.logs, cell.log_file) if o is not None)
+    pruner = LotPruner(mcfg.stdf_directory, options["keep-lots"])
+    cell.subscribe(pruner)
     sites = SimSitesService(reactor, scfg, client_id=f"simsites.{DEVICE_ID}.demo")
     sites.setServiceParent(top)
     device = DemoHandler(reactor, lot_count=options["lots"],
                          parts_per_lot=options["parts-per-lot"], sites=options["sites"],
                          index_time=0.0, retry_time=1.0)
-    handler = HandlerService(reactor, hcfg, device=device)
+    handler = QuietHandlerService(reactor, hcfg, device=device)
     # the first lot once the handler application sees the master initialized
     device.ready = lambda: handler.controller.status().state == "initialized"
     handler.setServiceParent(top)
-    url = f"http://127.0.0.1:{options['port']}/"
-    ReportService(reactor, url, device, cell, out=out).setServiceParent(top)
+    url = f"http://127.0.0.1:{web_port}/"
+    keep = options["keep-lots"]
+    where = (f"datalogs in {mcfg.stdf_directory}"
+             + (f" (the last {keep} lots kept)" if keep else " (every lot kept)")
+             + ("" if kept else ", removed at exit (--stdf-dir DIR keeps them)"))
+    line = (f"ate-demo {ate.__version__}: open {url} ; {type(broker).__name__.lower()} broker "
+            f"on {broker.host}:{broker.port}, device {DEVICE_ID}, sites "
+            f"{','.join(_site_ids(options))}, {where}")
+    ReportService(reactor, url, device, cell, line=line).setServiceParent(top)
+    if options["lots"]:
+        LotLimit(device, options["lots"], stop if stop is not None else reactor.stop,
+                 reactor).setServiceParent(top)
     return top, {"master": master, "cell": cell, "sites": sites, "handler": handler,
-                 "device": device, "url": url, "work_dir": work_dir}
+                 "device": device, "url": url, "work_dir": work_dir, "pruner": pruner,
+                 "stdf_dir": mcfg.stdf_directory, "config": mcfg}
 
 
 def makeService(options: Options, reactor: Any = None) -> DemoService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
-    from ate.tap import install_clean_exit
+    from ate.tap import WebAddressError, install_clean_exit, listen_web_now
     from ate.testing.broker import MosquittoError, free_port, private_broker
 
     try:
@@ -338,10 +488,17 @@ def makeService(options: Options, reactor: Any = None) -> DemoService:
         _fail("no MQTT broker: install mosquitto (apt-get install -y mosquitto) "
               "or amqtt (pip install amqtt)")
     try:
-        top, _parts = build_demo(options, reactor, broker)
+        top, parts = build_demo(options, reactor, broker)
     except ConfigError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{options['stdf-dir']}: {e}")
+    try:
+        listen_web_now(parts["master"], parts["config"])
+    except WebAddressError as e:
+        shutil.rmtree(parts["work_dir"], ignore_errors=True)
+        _fail(f"{e}; give another port with --web-port P (0 takes a free one)")
+    if not options["verbose"]:
+        top.console_level = LogLevel.info
     install_clean_exit(reactor)
     return top

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Sequence
@@ -259,10 +260,19 @@ class Mosquitto:
 
 
 def find_amqtt() -> str:
-    """Return the path of amqtt's broker command or raise L{MosquittoError}."""
+    """Return the path of amqtt's broker command or raise L{MosquittoError}.
+
+    First next to the running Python (the ``bin`` directory of its virtual environment,
+    which is not on PATH when the venv is not activated, e.g. ``.venv/bin/twistd``), then
+    on PATH.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "amqtt")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
     path = shutil.which("amqtt")
     if path is None:
-        raise MosquittoError("amqtt is not installed (pip install amqtt)")
+        raise MosquittoError(f"amqtt is not installed (looked in {os.path.dirname(sys.executable)} "
+                             "and PATH; pip install amqtt)")
     return path
 
 

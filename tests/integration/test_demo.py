@@ -1,5 +1,6 @@
 """``twistd -n ate-demo`` as a subprocess: parts flow, SIGTERM exits 0, every datalog is
-complete; and its options."""
+complete; ``--lots N`` exits 0 after N lots with no WARNING and at most ``--keep-lots``
+lots on disk; the default datalog directory is temporary; and its options."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+
+import ate
 from twisted.python import usage
 
 from ate.stdf.records import iter_records
 from ate.testing.broker import free_port
+from tests.twistdrun import ROOT, TWISTD, env
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FAR, MRR = (0, 10), (1, 20)
 
 
@@ -54,13 +58,11 @@ def test_demo_runs_lots_and_exits_cleanly_on_sigterm(tmp_path):
     port = free_port()
     stdf = tmp_path / "stdf"
     out_path = tmp_path / "demo.out"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "ate-demo", "--port", str(port), "--stdf-dir", str(stdf),
-             "--test-time", "0.01", "--parts-per-lot", "30"],
-            cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL, stdout=out,
+            TWISTD + ["-n", "--pidfile=", "ate-demo", "--port", str(port), "--stdf-dir",
+                      str(stdf), "--test-time", "0.01", "--parts-per-lot", "30"],
+            cwd=str(tmp_path), env=env(), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT)
 
     def output() -> str:
@@ -81,7 +83,8 @@ def test_demo_runs_lots_and_exits_cleanly_on_sigterm(tmp_path):
         later = wait_for(progressed, 30, "more tested parts", output)
         assert later["device_id"] == "SCT-81-1F" and later["sites"] == ["0", "1", "2", "3"]
         text = output()
-        assert f"ate-demo: open http://127.0.0.1:{port}/\n" in text
+        assert text.count(f"http://127.0.0.1:{port}/") == 1, text   # the URL, once
+        assert f"ate-demo {ate.__version__}: open http://127.0.0.1:{port}/ ;" in text
         found = re.search(r"private mosquitto broker \(pid (\d+)\)", text)
         assert found, text
         broker_pid = int(found.group(1))
@@ -133,9 +136,13 @@ def parse(*args: str):
 
 def test_options_defaults_and_faults():
     opts = parse()
-    assert (opts["sites"], opts["test-time"], opts["parts-per-lot"], opts["port"],
-            opts["stdf-dir"], opts["lots"], opts["faults"]) == (
-        4, 0.05, 200, 8081, "./demo-stdf", 0, {})
+    assert (opts["sites"], opts["test-time"], opts["parts-per-lot"], opts["web-port"],
+            opts["stdf-dir"], opts["keep-lots"], opts["lots"], opts["verbose"],
+            opts["faults"]) == (4, 0.05, 200, 8081, None, 20, 0, 0, {})
+    assert parse("--port", "9000")["web-port"] == 9000          # the old name
+    assert parse("--web-port", "0")["web-port"] == 0
+    with pytest.raises(usage.UsageError, match="--web-port"):
+        parse("--web-port", "65536")
     opts = parse("--sites", "8", "--fault", "crash_on_part=50,slow_load=0.5",
                  "--fault", "fault_site=3", "--lots", "2")
     assert opts["sites"] == 8 and opts["lots"] == 2
@@ -154,7 +161,7 @@ def test_make_service_order_and_configs(tmp_path):
     from ate.demo import build_demo, DemoHandler
     from ate.testing.broker import Mosquitto
 
-    opts = parse("--sites", "2", "--stdf-dir", str(tmp_path / "d"), "--port", "18999",
+    opts = parse("--sites", "2", "--stdf-dir", str(tmp_path / "d"), "--web-port", "18999",
                  "--fault", "crash_on_part=5", "--lots", "3")
     broker = Mosquitto(port=free_port())   # not started
     clock = MemoryReactorClock()
@@ -162,8 +169,9 @@ def test_make_service_order_and_configs(tmp_path):
     top, parts = build_demo(opts, clock, broker, observe_logs=False)
     try:
         names = [type(s).__name__ for s in top]
-        assert names == ["BrokerService", "MultiService", "SimSitesService", "HandlerService",
-                         "ReportService"]
+        assert names == ["BrokerService", "MultiService", "SimSitesService",
+                         "QuietHandlerService", "ReportService", "LotLimit"]
+        assert parts["stdf_dir"] == str(tmp_path / "d")
         cfg = parts["cell"].config
         assert (cfg.webui_host, cfg.webui_port, cfg.sites) == ("127.0.0.1", 18999, ("0", "1"))
         assert cfg.mqtt.port == broker.port and parts["sites"].config.faults.crash_on_part == 5
@@ -250,3 +258,131 @@ def test_failed_assembly_leaves_no_work_directory(monkeypatch, tmp_path):
         ate.demo.build_demo(opts, MemoryReactorClock(), Mosquitto(port=free_port()),
                             observe_logs=False)
     assert not work.exists()
+
+
+# --------------------------------------------------------------------------------------
+# --lots, --keep-lots, the temporary datalog directory, the console log level
+
+
+def run_demo(tmp_path, *args, timeout=120):
+    """Run ate-demo to its end (``--lots``); returns (exit status, output)."""
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "ate-demo", *args],
+                                cwd=str(tmp_path / "cwd"), env=env(), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        pytest.fail(f"ate-demo {args} did not end by itself; output:\n"
+                    f"{out_path.read_text(errors='replace')}")
+    return code, out_path.read_text(errors="replace")
+
+
+def startup_line(text: str) -> str:
+    (line,) = [ln for ln in text.splitlines() if f"ate-demo {ate.__version__}: open " in ln]
+    return line
+
+
+def test_lots_ends_the_demo_with_no_warning_and_keeps_the_last_lots(tmp_path):
+    """A healthy run (default test time and strategy delay) of 4 lots: exit 0, no WARNING
+    (nor DEBUG: the console shows INFO and above), the URL once with the real port of
+    --web-port 0, and only the last --keep-lots 2 lots in --stdf-dir."""
+    (tmp_path / "cwd").mkdir()
+    stdf = tmp_path / "stdf"
+    code, text = run_demo(tmp_path, "--lots", "4", "--keep-lots", "2", "--parts-per-lot", "40",
+                          "--web-port", "0", "--stdf-dir", str(stdf))
+    assert code == 0, text
+    for marker in ("#warn]", "#error]", "#critical]", "#debug]", "Traceback"):
+        assert marker not in text, (marker, text)
+    line = startup_line(text)
+    port = int(re.search(r"open http://127\.0\.0\.1:(\d+)/ ;", line).group(1))
+    assert port != 0 and text.count(f"http://127.0.0.1:{port}/") == 1
+    assert f"datalogs in {stdf} (the last 2 lots kept)" in line
+    assert "removed at exit" not in line
+    assert "4 lot(s) done, stopping" in text
+    lots = sorted(glob.glob(str(stdf / "*.stdf")))
+    assert len(lots) == 2, os.listdir(stdf)
+    for path in lots:
+        kinds = record_kinds(path)
+        assert kinds[0] == FAR and kinds[-1] == MRR
+        base = path[:-len(".stdf")]
+        assert os.path.isfile(base + ".summary.json") and os.path.isfile(base + ".summary.txt")
+    assert len(glob.glob(str(stdf / "*.summary.*"))) == 4
+    assert os.listdir(tmp_path / "cwd") == []      # nothing written where it was started
+
+
+def test_default_datalog_directory_is_temporary_and_verbose_shows_debug(tmp_path):
+    (tmp_path / "cwd").mkdir()
+    code, text = run_demo(tmp_path, "--lots", "1", "--parts-per-lot", "8", "--test-time",
+                          "0.01", "--web-port", "0", "--verbose")
+    assert code == 0, text
+    line = startup_line(text)
+    where = re.search(r"datalogs in (\S+) \(the last 20 lots kept\), removed at exit "
+                      r"\(--stdf-dir DIR keeps them\)", line)
+    assert where, line
+    directory = where.group(1)
+    assert directory.startswith(os.path.realpath(tempfile.gettempdir())) or \
+        directory.startswith(tempfile.gettempdir())
+    assert f"datalog {directory}/" in text          # a lot was written there ...
+    assert not os.path.exists(directory)            # ... and removed at exit
+    assert os.listdir(tmp_path / "cwd") == []
+    assert "#debug]" in text                        # --verbose
+
+
+def test_lot_pruner_keeps_the_newest_lots_of_the_demo_only(tmp_path):
+    from ate.demo import LotPruner
+
+    prefix = "306426.001_SCT-81-1F_"
+    for i in range(5):
+        base = tmp_path / f"{prefix}2026010{i}-000000"
+        for suffix in (".stdf", ".summary.json", ".summary.txt"):
+            path = base.with_name(base.name + suffix)
+            path.write_text("x")
+            os.utime(path, (1000 + i, 1000 + i))
+    (tmp_path / "other.stdf").write_text("not the demo's")
+    pruner = LotPruner(str(tmp_path), keep=2)
+    pruner("part", None)                            # only a finalised datalog prunes
+    assert len(os.listdir(tmp_path)) == 16
+    pruner("finalised", "x")
+    left = sorted(os.listdir(tmp_path))
+    assert left == sorted([f"{prefix}2026010{i}-000000{s}" for i in (3, 4)
+                           for s in (".stdf", ".summary.json", ".summary.txt")]
+                          + ["other.stdf"])
+    assert LotPruner(str(tmp_path), keep=0).prune() == []   # 0 keeps all
+
+
+def test_filter_console_wraps_all_observers_but_the_excluded():
+    from twisted.logger import Logger, LogLevel, LogPublisher
+
+    from ate.demo import filter_console
+
+    publisher = LogPublisher()
+    seen, ours = [], []
+    mine = ours.append
+    publisher.addObserver(seen.append)
+    publisher.addObserver(mine)
+    assert filter_console(LogLevel.info, exclude=(mine,), publisher=publisher) == 1
+    assert filter_console(LogLevel.info, exclude=(mine,), publisher=publisher) == 0
+    log = Logger(namespace="t", observer=publisher)
+    log.debug("hidden")
+    log.info("shown")
+    assert [e["log_format"] for e in seen] == ["shown"]
+    assert [e["log_format"] for e in ours] == ["hidden", "shown"]
+
+
+def test_amqtt_is_found_next_to_python_without_path(monkeypatch):
+    """The venv's amqtt is found with the venv not activated (PATH without its bin)."""
+    import importlib.util
+
+    import ate.testing.broker as broker_module
+
+    if importlib.util.find_spec("amqtt") is None:
+        pytest.skip("amqtt is not installed in this Python")
+    beside = os.path.join(os.path.dirname(sys.executable), "amqtt")
+    if not os.access(beside, os.X_OK):
+        pytest.skip(f"amqtt's command is not next to {sys.executable}")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert broker_module.find_amqtt() == beside
