@@ -2,6 +2,8 @@
 """Handler-cycle benchmark: ate-master against the floor relay, same broker, same sites.
 
     python bench/cycle.py [--sites 1,4,16,64] [--cycles 2000] [--rss-parts 100000]
+                          [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
+                          [--max-inflight N]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
@@ -11,6 +13,12 @@ relay bench/floor_relay.py (the baseline: a bare relay, see README "Benchmarks")
 p50/p99 ms per cycle, parts/s, target CPU ms per cycle (from /proc), and for the master at
 4 sites its RSS after 0, 10 000 and 100 000 parts.  Ratios are master/floor, measured in
 the same run.
+
+The broker and session settings of README "Broker loss" (what bench/blip.py measures the
+losses of): ``--persistence`` (mosquitto ``persistence true``; ``every-change`` adds
+``autosave_on_changes true`` and ``autosave_interval 1``), ``--max-inflight`` (mosquitto
+``max_inflight_messages``) and ``--subscribe-qos`` (the master's ``mqtt_subscribe_qos``;
+the floor relay keeps its own).  Both targets run on the same broker settings.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ DEVICE = "SCT-81-1F"
 LOT = "306426.001"
 FLOOR = os.path.join(HERE, "floor_relay.py")  # the baseline, with its mqttloop.py
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "jobs", "le306426001.xml")
+PERSISTENCE = {
+    "off": (),
+    "on": ("persistence true",),
+    "every-change": ("persistence true", "autosave_on_changes true", "autosave_interval 1"),
+}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -79,7 +92,7 @@ def spawn_floor(broker: Mosquitto, n: int):
     return pp, t
 
 
-def spawn_master(broker: Mosquitto, n: int, workdir: str):
+def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | None = None):
     jobs = os.path.join(workdir, "jobs")
     os.makedirs(jobs, exist_ok=True)
     shutil.copy(FIXTURE, os.path.join(jobs, "le306426001.xml"))
@@ -91,6 +104,7 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str):
         "filesystemdatasource_jobpattern": "le#jobname#.xml", "enable_timeouts": True,
         "site_layout": [[i, 0] for i in range(n)], "loglevel": 30,
         "stdf_directory": workdir, "log_directory": os.path.join(workdir, "log"),
+        **(master_extra or {}),
     }
     path = os.path.join(workdir, f"master{n}.json")
     with open(path, "w") as f:
@@ -109,7 +123,7 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str):
 
 
 async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir: str,
-                     rss_marks: tuple[int, ...] = ()) -> dict:
+                     rss_marks: tuple[int, ...] = (), master_extra: dict | None = None) -> dict:
     sim_cfg = sim_config_from_dict({
         "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
         "sites": [str(i) for i in range(n)], "test_time": 0.0, "ptr_count": 5,
@@ -121,7 +135,7 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
     await sim.mqtt.whenConnected()
     up = handler.wait_state("initialized", 60)
     pp, transport = (spawn_floor(broker, n) if kind == "floor"
-                     else spawn_master(broker, n, workdir))
+                     else spawn_master(broker, n, workdir, master_extra))
     pid = transport.pid
     result: dict = {"kind": kind, "sites": n}
     try:
@@ -185,8 +199,14 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
 
 
 async def main(args) -> None:
-    broker = Mosquitto()
+    extra = [*PERSISTENCE[args.persistence]]
+    if args.max_inflight is not None:
+        extra.append(f"max_inflight_messages {args.max_inflight}")
+    master_extra = {} if args.subscribe_qos is None else {"mqtt_subscribe_qos": args.subscribe_qos}
+    broker = Mosquitto(extra_config=extra)
     broker.start()
+    print(f"broker: {', '.join(extra) or 'defaults'}; master: "
+          f"{', '.join(f'{k} {v}' for k, v in master_extra.items()) or 'defaults'}", flush=True)
     workdir = tempfile.mkdtemp(prefix="ate-bench-")
     rows = []
     try:
@@ -196,7 +216,7 @@ async def main(args) -> None:
                 marks = tuple(args.rss_parts) if (kind == "master" and n == 4) else ()
                 if kind == "floor" and n == 4 and args.rss_floor:
                     marks = tuple(args.rss_parts)
-                r = await run_target(kind, broker, n, cycles, workdir, marks)
+                r = await run_target(kind, broker, n, cycles, workdir, marks, master_extra)
                 rows.append(r)
                 print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
                       f"{r['parts_s']:.0f} parts/s  cpu {r['cpu_ms']:.3f} ms/cycle  "
@@ -236,6 +256,12 @@ def parse(argv=None):
     p.add_argument("--rss-parts", default="10000,100000",
                    type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--rss-floor", action="store_true", help="also measure the floor's RSS")
+    p.add_argument("--persistence", choices=sorted(PERSISTENCE), default="off",
+                   help="mosquitto persistence (README \"Broker loss\")")
+    p.add_argument("--max-inflight", type=int, default=None,
+                   help="mosquitto max_inflight_messages (its default is 20)")
+    p.add_argument("--subscribe-qos", type=int, choices=(0, 1, 2), default=None,
+                   help="the master's mqtt_subscribe_qos (default: the master's default)")
     return p.parse_args(argv)
 
 
