@@ -1122,9 +1122,10 @@ class FuzzReport:
     stopped: str | None = None
 
     def summary(self) -> str:
+        rss = (f"RSS {self.rss_before / 2**20:.1f} -> {self.rss_after / 2**20:.1f} MB, "
+               if self.rss_before and self.rss_after else "")
         return (f"{self.messages} messages in {self.batches} batches, {self.lots} lots "
-                f"checked, {self.stdf_files} STDF files read, RSS "
-                f"{self.rss_before / 2**20:.1f} -> {self.rss_after / 2**20:.1f} MB, "
+                f"checked, {self.stdf_files} STDF files read, {rss}"
                 f"{len(self.findings)} finding(s)")
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import pytest_twisted
 
-from fuzzharness import (SITES, FuzzReport, LiveCell, check_all_stdf, fuzz_mqtt, fuzz_web,
-                         plan, web_plan)
+from fuzzharness import (SITES, FuzzReport, LiveCell, WsClient, check_all_stdf, fuzz_mqtt,
+                         fuzz_web, http_call, plan, web_plan)
 
 SEED = int(os.environ.get("ATE_FUZZ_SEED", "0"))
 
@@ -46,8 +47,8 @@ async def _fuzz(reactor, broker, tmp_path, run, steps, *, lots: int) -> FuzzRepo
 @pytest_twisted.ensureDeferred
 async def test_mqtt_fuzz_every_topic_in_every_state(reactor, broker, tmp_path):
     """Batches of 40 messages on every subscribed topic (protocol.md §1.2), each from the
-    next of eight states, 12 rounds; a real lot after every fourth batch."""
-    steps = plan(rounds=12, size=40, seed=SEED)
+    next of eight states, 36 rounds; a real lot after every fourth batch."""
+    steps = plan(rounds=36, size=40, seed=SEED)
     await _fuzz(reactor, broker, tmp_path, fuzz_mqtt, steps, lots=len(steps) // 4)
 
 
@@ -55,7 +56,7 @@ async def test_mqtt_fuzz_every_topic_in_every_state(reactor, broker, tmp_path):
 async def test_web_fuzz_websocket_frames_and_http_bodies(reactor, broker, tmp_path):
     """Websocket frames (oversized, binary, invalid UTF-8, reserved opcodes, unknown
     types and commands) and HTTP requests with hostile bodies on every route (§11)."""
-    steps = web_plan(rounds=6, frames=15, requests=10, seed=SEED)
+    steps = web_plan(rounds=10, frames=15, requests=10, seed=SEED)
     await _fuzz(reactor, broker, tmp_path, fuzz_web, steps, lots=len(steps) // 4)
 
 
@@ -81,3 +82,30 @@ async def test_io_control_request_naming_a_bad_topic_leaves_the_master_online(
     finally:
         await cell.stop()
 
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect: a lone surrogate in a logged message (here a TestApp ERROR line) makes the log "
+    "file view fail: LogBuffer.logfile -> _tail_lines encodes as strict UTF-8 "
+    "(ate/master/logs.py); GET /api/v1/logs/file answers 500 and the UI's getlogfile "
+    "logs 'websocket onMessage failed' at critical (found by bench/fuzz.py)"))
+@pytest_twisted.ensureDeferred
+async def test_log_file_view_with_a_lone_surrogate_in_the_log(reactor, broker, tmp_path):
+    cell = LiveCell(reactor, broker, str(tmp_path))
+    await cell.start()
+    try:
+        await cell.publish(cell.topic("TestApp/log/site0"),
+                           b'{"type":"log","payload":"testapp 0|x|ERROR|bad \\ud800 text"}')
+        await cell.get_state()
+        code, body = await http_call(reactor, cell.master.web_port, "GET",
+                                     "/api/v1/logs/file", {}, b"")
+        assert code == 200, body[:300]
+        assert "bad" in json.loads(body)["content"]
+        ws = WsClient(reactor, cell.master.web_port)
+        reply = ws.wait(lambda m: m.get("type") == "logfile")
+        await ws.send("text", b'{"type":"cmd","command":"getlogfile"}')
+        await reply
+        ws.close()
+        assert cell.master.new_log_problems() == []
+    finally:
+        await cell.stop()
