@@ -351,7 +351,7 @@ class LogBuffer:
         content = memory
         if path:
             header = f"=== log file {filename} ===\n"
-            budget = cap - len(memory.encode("utf-8")) - len(header.encode("utf-8"))
+            budget = cap - len(memory.encode("utf-8", "replace")) - len(header.encode("utf-8"))
             file_text = _read_tail(path, budget) if budget > 0 else None
             if file_text:
                 content = memory + header + file_text
@@ -359,10 +359,11 @@ class LogBuffer:
 
 
 def _tail_lines(text: str, cap: int) -> str:
-    """The longest suffix of ``text`` starting at a line start and within ``cap`` bytes."""
-    data = text.encode("utf-8")
+    """The longest suffix of ``text`` starting at a line start and within ``cap`` bytes.
+    What cannot be UTF-8 (a lone surrogate that came in a remote log line) becomes ``?``."""
+    data = text.encode("utf-8", errors="replace")
     if len(data) <= cap:
-        return text
+        return data.decode("utf-8")
     tail = data[len(data) - cap:]
     newline = tail.find(b"\n")
     tail = tail[newline + 1:] if newline >= 0 else b""

@@ -84,11 +84,6 @@ async def test_io_control_request_naming_a_bad_topic_leaves_the_master_online(
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: a lone surrogate in a logged message (here a TestApp ERROR line) makes the log "
-    "file view fail: LogBuffer.logfile -> _tail_lines encodes as strict UTF-8 "
-    "(ate/master/logs.py); GET /api/v1/logs/file answers 500 and the UI's getlogfile "
-    "logs 'websocket onMessage failed' at critical (found by bench/fuzz.py)"))
 @pytest_twisted.ensureDeferred
 async def test_log_file_view_with_a_lone_surrogate_in_the_log(reactor, broker, tmp_path):
     cell = LiveCell(reactor, broker, str(tmp_path))
