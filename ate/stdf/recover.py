@@ -15,13 +15,14 @@ place.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
 
 from ate.stdf.records import (Fixes, RawRecord, ascii_patch, decode, detect_endian, encode,
                               iter_records)
-from ate.stdf.summary import Tally, footer_records
+from ate.stdf.summary import Tally, footer_records, is_abort_bin, is_good_bin, summary_text
 
 __all__ = ["recover_directory", "recover_file", "RECOVERED"]
 
@@ -108,6 +109,7 @@ def recover_file(path: str) -> str | None:
         sbin_names: dict[int, str] = {}
         hbin_names: dict[int, str] = {}
         tsrs: list[dict[str, Any]] = []
+        mir: dict[str, Any] = {}
         in_footer = False
         for raw in records:
             name = raw.name
@@ -133,6 +135,8 @@ def recover_file(path: str) -> str | None:
             elif name == "SDR":
                 rec = decode(raw, endian)
                 sites = [str(s) for s in rec.get("SITE_NUM") or ()]
+            elif name == "MIR":
+                mir = decode(raw, endian)
             if name:
                 seen.add(name)
             if not open_parts:
@@ -185,6 +189,8 @@ def recover_file(path: str) -> str | None:
         fh.flush()
         os.fsync(fh.fileno())
     dropped = len(data) - keep_end
+    summary = _summary(path, mir, sites, tally, kept, parts, stamp, fixes)
+    summary_note = _write_summaries(path, summary)
     rebuilt = "rebuilt header, " if head else ""
     ascii_note = (f", replaced non-ASCII text bytes by '?' in {len(patches)} record(s)"
                   if patches else "")
@@ -192,4 +198,79 @@ def recover_file(path: str) -> str | None:
                   f"({', '.join(fixes.counts)})" if fixes else "")
     return (f"{path}: {RECOVERED}: kept {len(kept)} complete part result(s), "
             f"dropped {dropped} byte(s) from offset {keep_end}, {rebuilt}"
-            f"appended {len(footer) - 1} summary record(s) and MRR{ascii_note}{fixed_note}")
+            f"appended {len(footer) - 1} summary record(s) and MRR{ascii_note}{fixed_note}"
+            f"{summary_note}")
+
+
+def _summary(path: str, mir: dict[str, Any], sites: list[str], tally: Tally,
+             kept: list[dict[str, Any]], parts: dict[str, tuple[str, int, int, int]],
+             stamp: int, fixes: Fixes) -> dict[str, Any]:
+    """The lot summary of a repaired file, in the shape of ``Lot.summary()``, from its
+    PRRs (bin names are not in the file: they stay empty)."""
+    all_sites = tally.sites(sites)
+    total = len(parts)
+
+    def row(site: str, members: list[str]) -> dict[str, Any]:
+        n = sum(tally.parts.get(s, 0) for s in members)
+        good = sum(c for (s, sb), c in tally.sbin.items() if s in members and is_good_bin(sb))
+        aborted = sum(c for (s, sb), c in tally.sbin.items()
+                      if s in members and is_abort_bin(sb))
+        return {"site": site, "parts": n, "good": good, "fail": n - good, "aborted": aborted,
+                "retests": sum(tally.retests.get(s, 0) for s in members),
+                "yield_percent": good / n * 100.0 if n else 0.0}
+
+    hbin_of = {sb: hb for (sb, hb) in sorted(tally.pairs)}
+    bins = []
+    for sb in sorted({sb for (_, sb) in tally.sbin}):
+        counts = {s: tally.sbin.get((s, sb), 0) for s in all_sites}
+        n = sum(counts.values())
+        bins.append({"sbin": sb, "hbin": hbin_of.get(sb), "name": "", "group": "",
+                     "counts": counts, "total": n,
+                     "percent": n / total * 100.0 if total else 0.0})
+    hard: dict[int, int] = {}
+    for (_, hb), n in tally.hbin.items():
+        hard[hb] = hard.get(hb, 0) + n
+    times = [t for t in (p.get("TEST_T") for p in kept) if isinstance(t, int)]
+    test_time = ({"count": len(times), "min": min(times), "max": max(times),
+                  "mean": sum(times) / len(times)} if times
+                 else {"count": 0, "min": None, "mean": None, "max": None})
+    node = str(mir.get("NODE_NAM") or "")
+    return {
+        "lot": str(mir.get("LOT_ID") or ""),
+        "device": node[:-len(".Master")] if node.endswith(".Master") else node,
+        "part_type": str(mir.get("PART_TYP") or ""),
+        "sites": list(sites),
+        "parts_tested": len(kept),
+        "parts_distinct": total,
+        "retests": sum(tally.retests.values()),
+        "per_site": [row(s, [s]) for s in all_sites],
+        "total": row("-1", all_sites),
+        "bins": bins,
+        "hard_bins": [{"hbin": hb, "name": "", "total": n,
+                       "percent": n / total * 100.0 if total else 0.0}
+                      for hb, n in sorted(hard.items())],
+        "test_time_ms": test_time,
+        "index_time_s": {"count": 0, "min": None, "mean": None, "max": None},
+        "datalog": os.path.basename(path),
+        "finish_t": stamp,
+        "end_reason": RECOVERED,
+        "recovered": True,
+        "datalog_fixes": dict(fixes.counts),
+    }
+
+
+def _write_summaries(path: str, summary: dict[str, Any]) -> str:
+    """``<base>.summary.json`` and ``.summary.txt`` beside a repaired file (never over an
+    existing one); returns a note for the log line."""
+    base = path[:-5] if path.endswith(".stdf") else path
+    notes = []
+    for suffix, render in ((".summary.json", lambda: json.dumps(summary, indent=2)),
+                           (".summary.txt", lambda: summary_text(summary))):
+        try:
+            with open(base + suffix, "x", encoding="utf-8") as fh:
+                fh.write(render())
+        except FileExistsError:
+            notes.append(f"{suffix} exists, kept")
+        except (OSError, ValueError, TypeError) as err:
+            notes.append(f"{suffix} not written: {err}")
+    return f"; summaries: {', '.join(notes)}" if notes else "; summary files written"

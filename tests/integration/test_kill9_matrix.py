@@ -91,10 +91,6 @@ async def test_kill9_then_restart_repairs_the_datalog_and_runs_a_new_lot(
     assert code == 0, cell.master.output.decode("utf-8", "replace")[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: crash recovery (ate/stdf/recover.py) completes the datalog but writes no "
-    "<base>.summary.json / <base>.summary.txt beside it, as a finalised lot has "
-    "(protocol.md 7.4; ate/stdf/sink.py Datalog.finalise)"))
 @pytest_twisted.ensureDeferred
 async def test_a_repaired_datalog_gets_its_summary_files(reactor, broker, tmp_path):
     cell = LiveCell(reactor, broker, str(tmp_path))

@@ -191,3 +191,25 @@ def test_big_endian_file_written_by_hand(tmp_path) -> None:
     assert [(r["HBIN_NUM"], r["HBIN_CNT"], r["HBIN_PF"]) for r in hbr] == [(258, 3, "F")]
     got = pystdf_records(fixed)
     assert got[-1][0] == "MRR" and got[-1][1]["EXC_DESC"] == RECOVERED
+
+
+
+def test_a_repaired_file_gets_its_summary_files(tmp_path) -> None:
+    import json
+
+    from ate.stdf.recover import recover_file
+
+    path, parts = unfinished_log(str(tmp_path), n=6)
+    line = recover_file(path)
+    assert line is not None and "summary files written" in line
+    base = path[:-5]
+    with open(base + ".summary.json", encoding="utf-8") as fh:
+        summary = json.load(fh)
+    assert summary["end_reason"] == RECOVERED and summary["recovered"] is True
+    assert summary["lot"] == "306426.001" and summary["sites"] == list(SITES)
+    _, distinct, _ = expected_counts(parts)
+    assert summary["parts_distinct"] == distinct
+    assert sum(b["total"] for b in summary["bins"]) == distinct
+    with open(base + ".summary.txt", encoding="utf-8") as fh:
+        assert f"Ended: {RECOVERED}" in fh.read()
+    assert recover_file(path) is None  # complete now: untouched
