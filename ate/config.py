@@ -21,6 +21,8 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, NoReturn, Sequence
 
+from ate.protocol import LOG_LEVELS
+
 __all__ = [
     "ConfigError",
     "Timeouts",
@@ -33,6 +35,8 @@ __all__ = [
     "SimConfig",
     "DEFAULT_WEBUI_ROOT",
     "DEFAULT_SIM_BINS",
+    "SIM_DEFAULTS",
+    "SimDefaults",
     "load_master_config",
     "master_config_from_dict",
     "load_handler_config",
@@ -46,7 +50,6 @@ __all__ = [
 #: The operator UI shipped with the package (``ate/web/static``).
 DEFAULT_WEBUI_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web", "static")
 
-LOG_LEVELS = (10, 20, 30, 40)
 JOB_SOURCES = ("filesystem", "static")
 JOB_FORMATS = ("xml.semi-ate",)
 HANDLER_TYPES = ("geringer", "simulated")
@@ -195,14 +198,44 @@ class SimBin:
 
 @dataclass(frozen=True)
 class SimFaults:
-    """Faults the simulated sites inject.  Part numbers count from 1; ``None`` = never."""
+    """Faults the simulated sites inject.  Part numbers count from 1; ``None`` = never.
+
+    ``fault_site`` ``None``: the first configured site (the loader always names one).
+    """
 
     crash_on_part: int | None = None
     drop_result_on_part: int | None = None
     wrong_site_on_part: int | None = None
     duplicate_result_on_part: int | None = None
     slow_load: float = 0.0
-    fault_site: str = "0"
+    fault_site: str | None = None
+
+
+#: Default outcome mix of the simulated sites, consistent with the fixture job's bin table.
+DEFAULT_SIM_BINS: tuple[SimBin, ...] = (
+    SimBin(1, 1, 80.0),
+    SimBin(2, 2, 5.0),
+    SimBin(12, 5, 5.0),
+    SimBin(13, 5, 3.0),
+    SimBin(20, 6, 4.0),
+    SimBin(21, 6, 3.0),
+)
+
+
+@dataclass(frozen=True)
+class SimDefaults:
+    """The defaults of the simulated sites' keys, kept once: the loader and
+    :class:`ate.sim.sites.SimSites` (its keyword defaults) both take them from here."""
+
+    test_time: float = 0.0
+    load_time: float = 0.0
+    ptr_count: int = 5
+    seed: int = 1
+    strategy_delay: float = 0.05
+    bins: tuple[SimBin, ...] = DEFAULT_SIM_BINS
+
+
+SIM_DEFAULTS = SimDefaults()
 
 
 @dataclass(frozen=True)
@@ -220,18 +253,7 @@ class SimConfig:
     seed: int
     faults: SimFaults
     warnings: tuple[str, ...] = ()
-    strategy_delay: float = 0.05
-
-
-#: Default outcome mix of the simulated sites, consistent with the fixture job's bin table.
-DEFAULT_SIM_BINS: tuple[SimBin, ...] = (
-    SimBin(1, 1, 80.0),
-    SimBin(2, 2, 5.0),
-    SimBin(12, 5, 5.0),
-    SimBin(13, 5, 3.0),
-    SimBin(20, 6, 4.0),
-    SimBin(21, 6, 3.0),
-)
+    strategy_delay: float = SIM_DEFAULTS.strategy_delay
 
 
 # --------------------------------------------------------------------------------------
@@ -973,7 +995,7 @@ def _sim_config(
     dev = _check_ident(r, "device_id", _override(r, "device_id", device_id))
     site_ids = _check_sites(r, "sites", _override(r, "sites", _split_sites_override(sites)))
 
-    bins = DEFAULT_SIM_BINS
+    bins = SIM_DEFAULTS.bins
     if r.has("bins"):
         entries = _check_list(r, "bins", r.raw("bins"))
         if not entries:
@@ -1018,13 +1040,13 @@ def _sim_config(
         broker=broker,
         device_id=dev,
         sites=site_ids,
-        test_time=r.number("test_time", 0.0),
-        load_time=r.number("load_time", 0.0),
-        ptr_count=r.integer("ptr_count", 5, minimum=0),
+        test_time=r.number("test_time", SIM_DEFAULTS.test_time),
+        load_time=r.number("load_time", SIM_DEFAULTS.load_time),
+        ptr_count=r.integer("ptr_count", SIM_DEFAULTS.ptr_count, minimum=0),
         bins=bins,
-        seed=r.integer("seed", 1),
+        seed=r.integer("seed", SIM_DEFAULTS.seed),
         faults=faults,
-        strategy_delay=r.number("strategy_delay", 0.05),
+        strategy_delay=r.number("strategy_delay", SIM_DEFAULTS.strategy_delay),
     )
     r.warn_unknown()
     return _with_warnings(config, r)

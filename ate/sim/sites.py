@@ -14,10 +14,27 @@ The simulator plays the *sites' side* of protocol.md (1.3, 2.4-2.11, 3.3/3.4, Ap
 The core (:class:`SimSites`, :class:`SimSite`) is a plain object: it receives decoded
 commands through :meth:`SimSites.handle` (or raw MQTT messages through
 :meth:`SimSites.received`), takes time from an injected ``IReactorTime`` and emits every
-publication as an :class:`Outbound` through an injected ``send`` callable.  It decodes the
-site-side view of the wire itself: the master's codec treats ``Control/cmd`` and
-``TestApp/cmd`` as its own echoes, and an independent reading of the contract also checks
-the master's codec in integration tests.
+publication as an :class:`Outbound` through an injected ``send`` callable.
+
+Why it does not use :mod:`ate.protocol`
+---------------------------------------
+The simulator stands in for *other people's* programs (the Semi-ATE Control app and
+TestApp), so it reads and writes the wire on its own, deliberately, with its own topic
+strings, its own JSON and its own :func:`decode`:
+
+* if it shared :class:`ate.protocol.Codec` with the master, a mistake in the codec would be
+  made on both sides of every integration test and no test could see it; written
+  separately, each side checks the other (tests/unit/test_sim_codec.py runs every
+  publication of the simulator through the master's codec, byte for byte against the
+  codec's own encoding, and every command the codec encodes through the simulator);
+* it is as lenient as the programs it imitates, where the master's codec is strict: site
+  ids given as integers are taken, a ``loadTest`` without ``testapp_script_path`` still
+  starts a TestApp (the benchmark's floor relay sends only the bin table), unknown fields
+  are ignored.
+
+Only facts that are not an encoding are shared: the log levels
+(:data:`ate.protocol.LOG_LEVELS`) and the configuration's shapes and defaults
+(:mod:`ate.config`).
 
 :class:`SimSitesService` wires the core to MQTT (``ate.mqtt.MqttService``).
 """
@@ -38,6 +55,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ate.config import SIM_DEFAULTS, SimFaults
+from ate.protocol import LOG_LEVEL_NAMES, LOG_LEVELS
+
 __all__ = [
     "CONTROL_STATES",
     "ControlCommand",
@@ -45,8 +65,6 @@ __all__ = [
     "MasterStatusSeen",
     "Outbound",
     "PartRecord",
-    "SimBinSpec",
-    "SimFaultSpec",
     "SimInputError",
     "SimSite",
     "SimSites",
@@ -60,7 +78,6 @@ __all__ = [
 log = Logger(namespace="ate.sim")
 
 CONTROL_STATES = ("idle", "loading", "busy", "resetting", "error", "crash")
-LOG_LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR"}
 CONTROL_COMMANDS = ("loadTest", "reset", "setloglevel")
 TESTAPP_COMMANDS = (
     "next", "terminate", "reset", "setloglevel", "getexecutionstrategy", "sethbin",
@@ -70,45 +87,6 @@ TESTAPP_COMMANDS = (
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-# --------------------------------------------------------------------------------------
-# Configuration shapes (duck-typed: ate.config.SimBin / SimFaults fit these)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SimBinSpec:
-    """One soft bin the simulated test program can produce, with its draw weight."""
-
-    sbin: int
-    hbin: int
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class SimFaultSpec:
-    """Fault injection; part numbers are 1-based and count parts on ``fault_site``.
-
-    ``None``/0 disables a fault.  ``fault_site`` ``None`` means the first configured site.
-    """
-
-    crash_on_part: int | None = None
-    drop_result_on_part: int | None = None
-    wrong_site_on_part: int | None = None
-    duplicate_result_on_part: int | None = None
-    slow_load: float = 0.0
-    fault_site: str | None = None
-
-
-DEFAULT_BINS = (
-    SimBinSpec(1, 1, 80.0),
-    SimBinSpec(2, 2, 5.0),
-    SimBinSpec(12, 5, 5.0),
-    SimBinSpec(13, 5, 3.0),
-    SimBinSpec(20, 6, 4.0),
-    SimBinSpec(21, 6, 3.0),
-)
 
 
 # --------------------------------------------------------------------------------------
@@ -379,7 +357,7 @@ class SimSite:
             return
         name = f"{'control' if app == 'Control' else 'testapp'} {self.site}".ljust(9)
         date = time.strftime("%d/%m/%Y %I:%M:%S %p", time.localtime(self.owner.clock.seconds()))
-        line = f"{name}|{date} |{LOG_LEVELS.get(level, 'INFO').ljust(7)} |{message}"
+        line = f"{name}|{date} |{LOG_LEVEL_NAMES.get(level, 'INFO').ljust(7)} |{message}"
         if app == "Control":
             self._emit(app, self.t_control_log, {"type": "log", "payload": line}, qos=0)
         else:
@@ -667,11 +645,13 @@ class SimSites:
     """
 
     def __init__(self, device_id: str, sites: Sequence[str], clock: IReactorTime,
-                 send: Callable[[Outbound], None], *, test_time: float = 0.0,
-                 load_time: float = 0.0, ptr_count: int = 3,
-                 bins: Iterable[Any] = DEFAULT_BINS, seed: int | str = 0,
-                 faults: Any = None, publish_logs: bool = False,
-                 strategy_delay: float = 0.0):
+                 send: Callable[[Outbound], None], *,
+                 test_time: float = SIM_DEFAULTS.test_time,
+                 load_time: float = SIM_DEFAULTS.load_time,
+                 ptr_count: int = SIM_DEFAULTS.ptr_count,
+                 bins: Iterable[Any] = SIM_DEFAULTS.bins, seed: int | str = SIM_DEFAULTS.seed,
+                 faults: SimFaults | None = None, publish_logs: bool = False,
+                 strategy_delay: float = SIM_DEFAULTS.strategy_delay):
         self.device_id = str(device_id)
         self.sites = tuple(str(s) for s in sites)
         if not self.sites:
@@ -693,8 +673,8 @@ class SimSites:
         if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
             raise ValueError("simulated sites: bin weights must be >= 0 with a positive sum")
         self.seed = seed
-        self.faults = faults if faults is not None else SimFaultSpec()
-        fs = getattr(self.faults, "fault_site", None)
+        self.faults = faults if faults is not None else SimFaults()
+        fs = self.faults.fault_site
         self.fault_site = str(fs) if fs is not None else self.sites[0]
         if self.fault_site not in self.sites:
             raise ValueError(f"simulated sites: fault_site {self.fault_site!r} is not one of "
@@ -710,8 +690,7 @@ class SimSites:
         """Build from an ``ate.config.SimConfig`` (or anything with its attributes)."""
         return cls(cfg.device_id, cfg.sites, clock, send, test_time=cfg.test_time,
                    load_time=cfg.load_time, ptr_count=cfg.ptr_count, bins=cfg.bins,
-                   seed=cfg.seed, faults=cfg.faults,
-                   strategy_delay=getattr(cfg, "strategy_delay", 0.0), **kw)
+                   seed=cfg.seed, faults=cfg.faults, strategy_delay=cfg.strategy_delay, **kw)
 
     # ---- plumbing ------------------------------------------------------------------
 

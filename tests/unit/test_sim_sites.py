@@ -9,12 +9,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from ate.config import ConfigError, sim_config_from_dict
+from ate.config import ConfigError, SimBin, SimFaults, sim_config_from_dict
 from ate.sim.sites import (
     ControlCommand,
     MasterStatusSeen,
-    SimBinSpec,
-    SimFaultSpec,
     SimInputError,
     SimSites,
     SimSitesService,
@@ -58,6 +56,7 @@ def make(sites=SITES, **kw):
     clock = Clock()
     rec = Recorder()
     kw.setdefault("ptr_count", 2)
+    kw.setdefault("strategy_delay", 0.0)  # at once; the config's 50 ms is tested alone
     sim = SimSites(D, sites, clock, rec, **kw)
     return sim, clock, rec
 
@@ -290,7 +289,7 @@ def test_next_while_testing_goes_error():
 
 
 def test_bins_follow_weights_and_bin_table_and_are_deterministic():
-    bins = (SimBinSpec(1, 1, 1.0), SimBinSpec(12, 99, 1.0), SimBinSpec(20, 6, 0.0))
+    bins = (SimBin(1, 1, 1.0), SimBin(12, 99, 1.0), SimBin(20, 6, 0.0))
 
     def run(seed):
         sim, clock, rec = loaded(sites=("0", "1"), bins=bins, seed=seed)
@@ -313,7 +312,7 @@ def test_bins_follow_weights_and_bin_table_and_are_deterministic():
 
 
 def test_sethbin_remaps_hard_bin():
-    sim, clock, rec = loaded(sites=("0",), bins=(SimBinSpec(12, 5, 1.0),), test_time=0)
+    sim, clock, rec = loaded(sites=("0",), bins=(SimBin(12, 5, 1.0),), test_time=0)
     sim.handle(TestAppCommand("sethbin", ("0",), {"sbin": "12", "hbin": "7"}))
     sim.handle(TestAppCommand("sethbin", ("0",), {"sbin": "x", "hbin": "7"}))  # ignored
     sim.handle(next_cmd(("0",)))
@@ -324,7 +323,7 @@ def test_sethbin_remaps_hard_bin():
 
 
 def test_terminate_summary_then_terminated_then_control_idle():
-    sim, clock, rec = loaded(sites=("0", "1"), ptr_count=2, bins=(SimBinSpec(12, 5, 1.0),))
+    sim, clock, rec = loaded(sites=("0", "1"), ptr_count=2, bins=(SimBin(12, 5, 1.0),))
     for i in range(3):
         sim.handle(next_cmd(("0",), {"0": f"P{i}"}))
         clock.advance(0)
@@ -401,12 +400,31 @@ def test_setloglevel_and_logs():
     assert [o.kind for o in rec.take()] == ["status"]
 
 
+
+@pytest.mark.parametrize("level", [[], {}, [10], "20", 20.5, None, True])
+@pytest.mark.parametrize("sub", ["Control/cmd", "TestApp/cmd"])
+def test_setloglevel_with_a_level_that_is_no_level_is_refused_with_a_warning(sub, level):
+    """A JSON list or object as the level used to raise TypeError (unhashable) out of the
+    message callback; now every non-level is refused and logged, nothing changes."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    sim, clock, rec = loaded(sites=("0",))
+    with capturedLogs() as logged:
+        sim.received(*raw(sub, {"type": "cmd", "command": "setloglevel", "sites": ["0"],
+                                "level": level}))
+    site = sim.site["0"]
+    assert (site.control_loglevel, site.testapp_loglevel) == (20, 20)
+    assert [e["log_format"] for e in logged if e["log_level"] >= LogLevel.warn] == [
+        f"site {{site}}: {'control' if sub == 'Control/cmd' else 'testapp'} setloglevel: "
+        "bad level {value!r}"]
+    assert rec.take() == []
+
 # ---------------------------------------------------------------------------------------
 # Faults
 
 
 def test_crash_on_part_publishes_will_and_stops_answering():
-    sim, clock, rec = loaded(sites=("0", "1"), faults=SimFaultSpec(crash_on_part=2,
+    sim, clock, rec = loaded(sites=("0", "1"), faults=SimFaults(crash_on_part=2,
                                                                    fault_site="1"))
     for _ in range(2):
         sim.handle(next_cmd(("0", "1")))
@@ -436,7 +454,7 @@ def test_crash_on_part_publishes_will_and_stops_answering():
 
 
 def test_drop_result():
-    sim, clock, rec = loaded(sites=("0",), faults=SimFaultSpec(drop_result_on_part=1))
+    sim, clock, rec = loaded(sites=("0",), faults=SimFaults(drop_result_on_part=1))
     sim.handle(next_cmd(("0",)))
     clock.advance(0)
     assert rec.summary(rec.take()) == [("TestApp/status/site0", "testing"),
@@ -449,7 +467,7 @@ def test_drop_result():
 
 def test_wrong_site():
     sim, clock, rec = loaded(sites=("0", "1", "2"),
-                             faults=SimFaultSpec(wrong_site_on_part=1, fault_site="2"))
+                             faults=SimFaults(wrong_site_on_part=1, fault_site="2"))
     sim.handle(next_cmd(("2",)))
     clock.advance(0)
     outs = rec.take()
@@ -460,7 +478,7 @@ def test_wrong_site():
 
 
 def test_duplicate_result():
-    sim, clock, rec = loaded(sites=("0",), faults=SimFaultSpec(duplicate_result_on_part=1))
+    sim, clock, rec = loaded(sites=("0",), faults=SimFaults(duplicate_result_on_part=1))
     sim.handle(next_cmd(("0",)))
     clock.advance(0)
     outs = rec.take()
@@ -471,7 +489,7 @@ def test_duplicate_result():
 
 def test_slow_load_only_on_fault_site():
     sim, clock, rec = make(sites=("0", "1"), load_time=1.0,
-                           faults=SimFaultSpec(slow_load=4.0, fault_site="1"))
+                           faults=SimFaults(slow_load=4.0, fault_site="1"))
     sim.handle(load_cmd(("0", "1")))
     clock.advance(1.0)
     assert sim.site["0"].control_state == "busy" and sim.site["1"].control_state == "loading"
@@ -483,9 +501,9 @@ def test_slow_load_only_on_fault_site():
     ({"sites": ()}, "no site ids"),
     ({"sites": ("0", "0")}, "duplicate"),
     ({"bins": ()}, "no bins"),
-    ({"bins": (SimBinSpec(1, 1, 0.0),)}, "weights"),
+    ({"bins": (SimBin(1, 1, 0.0),)}, "weights"),
     ({"ptr_count": -1}, "ptr_count"),
-    ({"faults": SimFaultSpec(fault_site="9")}, "fault_site '9'"),
+    ({"faults": SimFaults(fault_site="9")}, "fault_site '9'"),
 ])
 def test_bad_construction(kw, needle):
     kw.setdefault("sites", SITES)
