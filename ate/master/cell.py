@@ -1,8 +1,12 @@
 """The cell: builds and wires the master's parts and is the one object that the MQTT router,
 the web API and the feed talk to (the "Boss").
 
-It implements the effects of the master machine (``MasterEffects``): publishing, the lot's
-results and datalog, the phase timers.  Time comes from the injected clock only.
+It builds the master machine (:mod:`ate.master.machine`, the phase, its timers and what is
+allowed when) and testing's part machine (:mod:`ate.master.part`), wires them to each other
+and to the site tracker, and implements their effects (``MasterEffects``, ``PartEffects``):
+publishing, the lot's results and the datalog.  It keeps no timer and no state of its own:
+``status()`` reports the last ``Status`` snapshot the master machine handed over.  Time comes
+from the injected clock only.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 import ate
 from ate.jobs.model import Job, JobError
 from ate.master.lot import Lot
-from ate.master.machine import EXTERNAL, MasterCore, MasterMachine, Refusal
+from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
+from ate.master.part import PartCore, PartMachine
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
 from ate.master.settings import SettingsError, UserSettings
 from ate.master.sites import SiteTracker
@@ -42,6 +47,39 @@ class Publisher(Protocol):
     """What the cell needs from MQTT (``MqttService``; a recorder in tests)."""
 
     def publish(self, topic: str, payload: bytes, qos: int = 2) -> Deferred: ...
+
+
+class JobSource(Protocol):
+    """Where a lot's job comes from (``ate.jobs.source``)."""
+
+    def load(self, lot_number: str) -> Job: ...
+
+
+class LotDatalog(Protocol):
+    """What the cell needs from a lot's datalog (``ate.stdf.sink.Datalog``)."""
+
+    path: str
+    finalised: bool
+
+    def write_parts(self, parts: Sequence[tuple[str, Sequence[dict]]],
+                    start_t: float) -> list[str]: ...
+    def add_summary(self, site: str, tsr_records: Sequence[dict]) -> list[str]: ...
+    def finalise(self, lot: Lot, *, finish_t: float, reason: str = "") -> None: ...
+
+
+class LevelSink(Protocol):
+    """A log observer whose level follows ``setloglevel`` (LogBuffer, LogFileWriter)."""
+
+    def set_level(self, level: int) -> None: ...
+
+
+class CommandRefused(SettingsError):
+    """A UI/API change (usersettings, binMap) the master machine refuses in its state;
+    ``refusal`` is the machine's answer (its ``response_type`` says busy or error)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -90,9 +128,10 @@ class Cell:
         clock: IReactorTime,
         publisher: Publisher,
         *,
-        job_source: Any,
+        job_source: JobSource,
         settings: UserSettings,
         logs: Any = None,
+        log_file: LevelSink | None = None,
         run_in_thread: Callable[..., Deferred] | None = None,
         wallclock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,7 +141,7 @@ class Cell:
         self.job_source = job_source
         self.settings = settings
         self.logs = logs
-        self.log_file: Any = None  # the log file writer, when the tap made one
+        self.log_file = log_file  # the log file writer, when the tap made one
         self.run_in_thread = run_in_thread
         self.wallclock = wallclock
         self.sites: tuple[str, ...] = tuple(config.sites)
@@ -114,15 +153,13 @@ class Cell:
         self.loglevel: int = config.loglevel
         self.lot: Lot | None = None
         self.job: Job | None = None
-        self.datalog: Datalog | None = None
+        self.datalog: LotDatalog | None = None
         self.lot_number = ""
         self.setup_t = 0.0
         self.start_t: float | None = None
         self.part: _Part | None = None
-        self._state = "startup"
-        self._message = ""
-        self._published_state: str | None = None
-        self._timer: IDelayedCall | None = None
+        # the master machine's last snapshot (read by listeners during its transitions)
+        self._status = Status("connecting", "startup")
         # the execution-strategy answers of the current load; None outside a lot's window
         self._strategies: dict[str, Any] | None = None
         self._abort_reason = ""
@@ -133,7 +170,13 @@ class Cell:
         self._last_publish: Deferred = succeed(None)
         self._connected = False
         self._pending_io: Any = None
-        self.machine = MasterMachine(MasterCore(self))
+        self._cycle = 0.0
+        # the machines: testing's steps, and the master that drives them (wired once here)
+        part_core = PartCore(self, clock, config.timeouts, config.enable_timeouts)
+        self.part_machine = PartMachine(part_core)
+        self.machine = MasterMachine(MasterCore(
+            self, self.part_machine, clock, config.timeouts, config.enable_timeouts))
+        part_core.master = self.machine
 
     # ================================================================================
     # Public API: MQTT lifecycle, commands, site messages, web.
@@ -161,7 +204,8 @@ class Cell:
         if isinstance(msg, m.Identify):
             return m.IdentifyResponse(name=self.config.device_id)
         if isinstance(msg, m.GetState):
-            return m.GetStateResponse(state=self._state_for_wire(), message=self._message)
+            status = self.machine.status()
+            return m.GetStateResponse(state=status.state, message=status.message)
         if isinstance(msg, m.GetHost):
             return m.GetHostResponse(host=self.config.webui_host, port=self.config.webui_port)
         if isinstance(msg, m.Load):
@@ -190,7 +234,7 @@ class Cell:
         return m.ErrorResponse(
             command_type=refusal.command,
             response_type=refusal.response_type,
-            state=self._state_for_wire(),
+            state=refusal.state or self._status.state,
             message=refusal.message,
         )
 
@@ -203,6 +247,15 @@ class Cell:
     def command_error(self, command: str, reason: str, origin: str = "handler") -> Any:
         """A malformed or unknown command: the error response, state unchanged."""
         return self.refusal_response(Refusal(command, "error", reason), origin)
+
+    def answer_bad_command(self, command: str, reason: str) -> None:
+        """A handler command that could not be decoded: publish its error response."""
+        self._publish(self.command_error(command, reason))
+
+    def knows_control_state(self, site: str, state: str) -> bool:
+        """Whether ``state`` is the last Control state known for ``site`` (the router
+        skips a re-published identical status while this holds)."""
+        return self.tracker.control_state(site) == state
 
     # -- site messages (from the router) ---------------------------------------------
 
@@ -219,10 +272,9 @@ class Cell:
             return
         level, message = fields[2].strip().upper(), fields[3].strip()[:500]
         late = self.tracker.control_log(site, level, message)
-        bare = f"site {site}: control app reported error"
-        if late is not None and self._message == bare:
-            self._message = f"{bare}: {late}"
-            self._publish_status(force=True)
+        if late is not None:
+            bare = f"site {site}: control app reported error"
+            self.machine.completeMessage(bare, f"{bare}: {late}")
 
     def testapp_status(self, site: str, state: str) -> None:
         self.tracker.testapp(site, state)
@@ -284,8 +336,12 @@ class Cell:
                           site=site, reason=reason)
 
     def test_summary(self, site: str, records: Sequence[dict]) -> None:
-        if self._state != "unloading" or self.datalog is None:
-            self.log.warn("test summary from site {site} outside unloading ignored", site=site)
+        self.machine.testSummary(site, records)
+
+    def take_summary(self, site: str, records: Sequence[dict]) -> None:
+        """Effect: a test summary while unloading goes to the datalog (once per site)."""
+        if self.datalog is None:
+            self.stray_summary(site)
             return
         if site in self._summaries:
             self.log.warn("second test summary from site {site} ignored", site=site)
@@ -327,9 +383,20 @@ class Cell:
                 f"{sorted(covered)}, configured {list(self.sites)}"
             )
 
+    def stray_summary(self, site: str) -> None:
+        self.log.warn("test summary from site {site} outside unloading ignored", site=site)
+
     def io_request(self, site: str, periphery_type: str, ioctl_name: str, parameters: Any) -> None:
-        if not self._state.startswith("testing") or not self.tracker.is_tested(site):
-            self.log.warn("io-control request from site {site} outside testing ignored", site=site)
+        self.part_machine.ioRequest(site, periphery_type, ioctl_name, parameters)
+
+    def stray_io_request(self, site: str) -> None:
+        self.log.warn("io-control request from site {site} outside testing ignored", site=site)
+
+    def take_io_request(self, site: str, periphery_type: str, ioctl_name: str,
+                        parameters: Any) -> None:
+        """Effect (part machine, testing): a TestApp's io-control request."""
+        if not self.tracker.is_tested(site):
+            self.stray_io_request(site)
             return
         try:
             forward = self.peripherals.request(site, periphery_type, ioctl_name, parameters)
@@ -345,25 +412,26 @@ class Cell:
                           ptype=periphery_type)
             return
         self._publish(m.PeripheralResponseRelay(periphery_type=periphery_type, payload=payload))
-        self.machine.resourceDone()
+        self.part_machine.resourceDone()
 
     def peripheral_status(self, periphery_type: str, status: str) -> None:
         self.peripherals.set_status(periphery_type, status)
 
     def handler_status(self, state: str, message: Any) -> None:
-        if self._state in ("softerror",):
-            return
-        if state == "connecting":
-            self.republish()
-        elif state in ("error", "crash"):
+        self.machine.handlerStatus(state, message)
+
+    def handler_reports(self, state: str, message: Any) -> None:
+        if state in ("error", "crash"):
             self.log.warn("handler reports {state}: {message}", state=state, message=message)
 
     # -- web UI commands ----------------------------------------------------------------
 
     def update_settings(self, items: Any) -> None:
-        """UI/API ``usersettings``; raises ``SettingsError`` or ``CommandRefused``."""
-        if self._state not in ("initialized", "ready"):
-            raise SettingsError(f"usersettings refused: not allowed in {self._state_for_wire()}")
+        """UI/API ``usersettings``; raises ``CommandRefused`` (the machine's refusal in
+        this state) or ``SettingsError`` (a bad setting)."""
+        refusal = self.machine.usersettings()
+        if refusal is not None:
+            raise CommandRefused(refusal)
         self.settings.update(items)
         self._emit("usersettings", self.usersettings())
 
@@ -379,8 +447,12 @@ class Cell:
         self._emit("usersettings", self.usersettings())
 
     def bin_map(self, sbin: Any, hbin: Any) -> None:
-        if self._state != "ready" or self.lot is None:
-            raise ValueError(f"binMap refused: allowed in ready only (state {self._state_for_wire()})")
+        """UI ``binMap``; raises ``CommandRefused`` outside ready, ValueError for bad bins."""
+        refusal = self.machine.binMap()
+        if refusal is not None:
+            raise CommandRefused(refusal)
+        if self.lot is None:
+            raise ValueError("binMap refused: no lot is loaded")
         for name, v in (("sBin", sbin), ("hBin", hbin)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ValueError(f"binMap refused: {name} {v!r} is not an integer 0..65535")
@@ -398,11 +470,16 @@ class Cell:
 
     @property
     def state(self) -> str:
-        return self._state_for_wire()
+        """The published state (protocol §3.1), from the master machine's snapshot."""
+        return self._status.state
 
     @property
     def error_message_text(self) -> str:
-        return self._message
+        return self._status.message
+
+    def missing(self) -> list[str]:
+        """Sites that have not reached the goal of the current phase yet."""
+        return self.tracker.missing()
 
     def status(self) -> dict:
         lot = self.lot
@@ -410,9 +487,9 @@ class Cell:
             "device_id": self.config.device_id,
             "handler": self.config.handler_id,
             "environment": self.config.environment,
-            "state": self._state_for_wire(),
-            "internal_state": self._state,
-            "error_message": self._message,
+            "state": self._status.state,
+            "internal_state": self._status.internal,
+            "error_message": self._status.message,
             "sites": list(self.sites),
             "site_states": self.tracker.states(),
             "lot_number": self.lot_number,
@@ -431,11 +508,11 @@ class Cell:
     # ================================================================================
     # MasterEffects (called by the machine's behaviours only).
 
-    def external_state(self) -> str:
-        return self._state_for_wire()
-
-    def error_message(self) -> str:
-        return self._message
+    def status_changed(self, status: Status, publish: bool) -> None:
+        self._status = status
+        if publish:
+            self._publish(m.MasterStatus(state=status.state, message=status.message))
+            self._emit("status", self.status())
 
     def first_connect(self) -> None:
         # The resets go out before the status (protocol.md §3.2: a transition's commands
@@ -445,17 +522,9 @@ class Cell:
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
         self.tracker.begin_connecting(after_reset=False)
-        self._enter("connecting", "", timer="startup")
 
-    def republish(self) -> None:
-        if self._state in ("startup", "stopped"):
-            return
-        self._publish_status(force=True)
-
-    def note_disconnected(self) -> None:
-        if self._state == "stopped":
-            return
-        self.log.warn("broker connection lost in {state}; state kept", state=self._state)
+    def note_disconnected(self, where: str) -> None:
+        self.log.warn("broker connection lost in {state}; state kept", state=where)
 
     def reset_sites(self) -> None:
         self._finalise(f"aborted: {self._abort_reason or 'reset'}")
@@ -465,11 +534,9 @@ class Cell:
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
         self.tracker.begin_connecting(after_reset=True)
-        self._enter("connecting", "", timer="reset")
 
     def enter_initialized(self) -> None:
         self.tracker.begin_initialized()
-        self._enter("initialized", "")
 
     def prepare_load(self, lot_number: str) -> tuple[Refusal | None, Job | None]:
         busy = self.tracker.unavailable()
@@ -479,13 +546,11 @@ class Cell:
         try:
             job = self.job_source.load(lot_number)
         except JobError as e:
-            self._message = str(e)
             return Refusal("load", "error", str(e)), None
         try:
             self._new_datalog(job)
         except OSError as e:
             reason = f"load refused: cannot create the datalog in {self.config.stdf_directory}: {e}"
-            self._message = reason
             return Refusal("load", "error", reason), None
         return None, job
 
@@ -506,10 +571,14 @@ class Cell:
             bin_table=job.bin_table_wire(),
         ))
         self.tracker.begin_loading()
-        self._enter("loading", "", timer="load")
+
+    def lot_loading(self) -> None:
+        """Effect after the loading status: the lot's log line and UI events."""
+        job, lot = self.job, self.lot
+        assert job is not None and lot is not None
         self.log.info("lot {lot} loading ({path})", lot=job.lot_number, path=job.path)
         self._emit("usersettings", self.usersettings())
-        self._emit("bintable", self.lot.bintable())
+        self._emit("bintable", lot.bintable())
         self._emit("lot", None)
 
     def enter_ready(self) -> None:
@@ -517,7 +586,6 @@ class Cell:
         self._strategies = {}  # answers are taken from now until the lot's unload
         self._publish(m.TestAppGetExecutionStrategy(sites=self.sites, layout=self.layout))
         self.tracker.begin_ready()
-        self._enter("ready", "")
 
     def prepare_next(self, sites: Any) -> tuple[Refusal | None, Any]:
         missing = self.peripherals.unavailable()
@@ -543,7 +611,7 @@ class Cell:
 
     def start_part(self, plan: _Part) -> None:
         self.part = plan
-        first = self.start_t is None
+        self._first_part = first = self.start_t is None
         if first:
             self.start_t = self.wallclock()
         self.tracker.begin_testing(plan.tested)
@@ -551,13 +619,11 @@ class Cell:
         job_data = self.settings.job_data()
         job_data["sites_info"] = plan.sites_info
         self._publish(m.TestAppNext(sites=plan.tested, job_data=job_data))
-        self._enter("testing.starting", "", timer="next_ack")
-        if first and self.lot is not None:
-            self._emit("lotdata", self.lotdata())
 
-    def part_acknowledged(self) -> None:
-        self._set_state("testing.running", self._message)
-        self._arm("test")
+    def part_started(self) -> None:
+        """Effect after the testing status: the lot's first part sends the UI its MIR."""
+        if self._first_part and self.lot is not None:
+            self._emit("lotdata", self.lotdata())
 
     def complete_part(self) -> None:
         part = self.part
@@ -579,23 +645,17 @@ class Cell:
             self.lot.note_cycle(cycle)
         self.part = None
         self.tracker.begin_ready()
-        self._enter("ready", "")
-        self._emit("part", cycle)
+        self._cycle = cycle
 
-    def wait_for_resource(self) -> None:
-        self._set_state("testing.waiting_for_resource", self._message)
-        self._arm("ioctl")
-
-    def resource_done(self) -> None:
-        self._set_state("testing.running", self._message)
-        self._arm("test")
+    def part_finished(self) -> None:
+        """Effect after the ready status: the cycle time for the UI and the metrics."""
+        self._emit("part", self._cycle)
 
     def start_unload(self) -> None:
         self._strategies = None
         self._summaries = set()
         self._publish(m.TestAppTerminate(sites=self.sites))
         self.tracker.begin_unloading()
-        self._enter("unloading", "", timer="unload")
 
     def finish_unload(self) -> None:
         missing = [s for s in self.sites if s not in self._summaries]
@@ -604,7 +664,6 @@ class Cell:
                           "(their TSRs are missing from the footer)", sites=", ".join(missing))
         self._finalise("")
         self.tracker.begin_initialized()
-        self._enter("initialized", "")
 
     def set_layout(self, layout: Any) -> None:
         self.layout = tuple(tuple(p) for p in layout)
@@ -618,12 +677,10 @@ class Cell:
         self.metrics.softerrors += 1
         self.log.error("softerror: {message}", message=message)
         self._halt(message)
-        self._enter("softerror", message)
 
     def enter_error(self, message: str) -> None:
         self.log.error("error: {message}", message=message)
         self._halt(message)
-        self._enter("error", message)
 
     def _halt(self, message: str) -> None:
         """softerror/error: what came of the part under test is written now, and its
@@ -636,17 +693,33 @@ class Cell:
         if not self._abort_reason:
             self._abort_reason = message
 
-    def ignore(self, what: str, detail: str = "") -> None:
-        self.log.debug("{what} ignored in {state} {detail}", what=what, state=self._state,
+    def ignore(self, what: str, detail: str, where: str) -> None:
+        self.log.debug("{what} ignored in {state} {detail}", what=what, state=where,
                        detail=detail)
 
+    def missing_sites(self) -> list[str]:
+        return self.tracker.missing()
+
+    def missing_ack(self) -> list[str]:
+        return self.tracker.missing_ack()
+
+    def ioctl_timed_out(self) -> str:
+        """Effect (part machine): the io-control timer expired; the TestApps get the
+        timeout relayed, and the softerror message is returned."""
+        forward = self._pending_io
+        ptype = forward.periphery_type if forward is not None else "?"
+        if forward is not None:
+            self._publish(m.PeripheralResponseRelay(
+                periphery_type=ptype,
+                payload={"type": "io-control-response", "ioctl_name": forward.ioctl_name,
+                         "result": "Timeout"}))
+        self.peripherals.reset()
+        return f"Failed to control resource {ptype}. Reason: Timeout."
+
     def shutdown(self) -> None:
-        self._cancel_timer()
         self._flush_part_results()
         reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
         self._finalise(f"aborted: {reason}")
-        self._state = "stopped"
-        self._message = "master stopped"
         if self._connected:
             self._last_publish = self._publish(m.MasterStatus(state="crash", message="master stopped"))
         self._emit("status", self.status())
@@ -661,10 +734,10 @@ class Cell:
         self.machine.loaded()
 
     def acknowledged(self) -> None:
-        self.machine.acknowledged()
+        self.part_machine.acknowledged()
 
     def partDone(self) -> None:
-        self.machine.partDone()
+        self.part_machine.partDone()
 
     def fault(self, message: str) -> None:
         self.machine.fault(message)
@@ -677,28 +750,6 @@ class Cell:
             return None
         start = self.start_t if self.start_t is not None else self.setup_t
         return self.lot.mir(int(self.setup_t), int(start), ate.__version__)
-
-    def _state_for_wire(self) -> str:
-        state = self._state
-        if state == "startup":
-            return "connecting"
-        return EXTERNAL.get(state, state)
-
-    def _set_state(self, state: str, message: str) -> None:
-        self._state = state
-        self._message = message
-
-    def _enter(self, state: str, message: str, timer: str | None = None) -> None:
-        self._set_state(state, message)
-        self._publish_status()
-        self._arm(timer)
-
-    def _publish_status(self, force: bool = False) -> None:
-        wire = self._state_for_wire()
-        if force or wire != self._published_state:
-            self._published_state = wire
-            self._publish(m.MasterStatus(state=wire, message=self._message))
-            self._emit("status", self.status())
 
     def _publish(self, msg: Any) -> Deferred:
         topic, payload = self.codec.encode(msg)
@@ -726,7 +777,7 @@ class Cell:
                                          ioctl_name=forward.ioctl_name,
                                          parameters=forward.parameters))
         self._pending_io = forward
-        self.machine.resourceRequested()
+        self.part_machine.resourceRequested()
 
     # -- datalog ------------------------------------------------------------------------
 
@@ -784,53 +835,6 @@ class Cell:
     def _clear_part(self) -> None:
         self.part = None
         self.peripherals.reset()
-
-    # -- timers -------------------------------------------------------------------------
-
-    _TIMER_TEXT = {
-        "startup": "not all sites connected",
-        "reset": "not all sites do report state idle after reset",
-        "load": "not all sites loaded the testprogram",
-        "next_ack": "not all sites respond to next command",
-        "test": "not all sites completed the active test",
-        "unload": "not all sites unloaded the testprogram",
-    }
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _arm(self, kind: str | None) -> None:
-        self._cancel_timer()
-        if kind is None:
-            return
-        if kind != "ioctl" and not self.config.enable_timeouts:
-            return
-        seconds = getattr(self.config.timeouts, kind)
-        self._timer = self.clock.callLater(seconds, self._expired, kind)
-
-    def _expired(self, kind: str) -> None:
-        self._timer = None
-        if kind == "ioctl":
-            forward = self._pending_io
-            ptype = forward.periphery_type if forward is not None else "?"
-            if forward is not None:
-                self._publish(m.PeripheralResponseRelay(
-                    periphery_type=ptype,
-                    payload={"type": "io-control-response", "ioctl_name": forward.ioctl_name,
-                             "result": "Timeout"}))
-            self.peripherals.reset()
-            self.machine.fault(f"Failed to control resource {ptype}. Reason: Timeout.")
-            return
-        if kind == "next_ack":
-            missing = self.tracker.missing_ack()
-        else:
-            missing = self.tracker.missing()
-        text = self._TIMER_TEXT[kind]
-        if missing:
-            text += f" (missing: {', '.join(missing)})"
-        self.machine.fault(text)
 
 
 def _site_info_dict(si: Any) -> dict:

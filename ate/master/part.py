@@ -1,0 +1,236 @@
+"""Testing's inner steps (protocol.md §3.5), as an Automat typed state machine of their own.
+
+The master machine's ``testing`` state drives it: ``start()`` when a ``next`` is accepted,
+``abort()`` when testing ends any other way (softerror, stop).  Its states are ``idle`` and
+the three steps of a part, all published as ``testing``:
+
+- ``starting``: the TestApps were sent ``next``; the ``next_ack`` timer runs until every
+  tested TestApp reported ``testing`` (or sent its result) — ``acknowledged()``;
+- ``running``: the ``test`` timer runs until every tested site delivered its result and is
+  idle again — ``partDone()``;
+- ``waiting_for_resource``: an io-control request went to the actuator; the ``ioctl``
+  timer (always armed, whatever ``enable_timeouts`` says) runs until ``resourceDone()``.
+
+Each step is a data state: its factory creates the step's timer and every transition that
+leaves it cancels the timer.  The timer's expiry is the ``expired()`` input: the machine asks
+the effects which sites are missing and tells the master ``fault(text)``.  The machine talks
+to the master only through ``PartListener`` (``partStep``, ``partDone``, ``fault``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from automat import TypeMachineBuilder
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+#: the texts of an expired phase timer (the missing sites are appended), by timer kind
+TIMER_TEXT = {
+    "startup": "not all sites connected",
+    "reset": "not all sites do report state idle after reset",
+    "load": "not all sites loaded the testprogram",
+    "next_ack": "not all sites respond to next command",
+    "test": "not all sites completed the active test",
+    "unload": "not all sites unloaded the testprogram",
+}
+
+
+def timeout_text(kind: str, missing: list[str]) -> str:
+    """The softerror message of an expired ``kind`` timer, naming the missing sites."""
+    text = TIMER_TEXT[kind]
+    if missing:
+        text += f" (missing: {', '.join(missing)})"
+    return text
+
+
+class PhaseTimer:
+    """The timer of one phase: the ``IDelayedCall`` that ends it (None when timeouts are
+    off).  A data state's factory makes one; the transitions leaving the state cancel it."""
+
+    __slots__ = ("kind", "call")
+
+    def __init__(self, kind: str, call: IDelayedCall | None) -> None:
+        self.kind = kind
+        self.call = call
+
+    @property
+    def armed(self) -> bool:
+        return self.call is not None and self.call.active()
+
+    def cancel(self) -> None:
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
+
+def arm(clock: IReactorTime, timeouts: Any, enabled: bool, kind: str,
+        expired: Callable[[], None]) -> PhaseTimer:
+    """A ``PhaseTimer`` of ``timeouts.<kind>`` seconds that calls ``expired``."""
+    if not enabled:
+        return PhaseTimer(kind, None)
+    return PhaseTimer(kind, clock.callLater(getattr(timeouts, kind), expired))
+
+
+class PartInputs(Protocol):
+    def start(self) -> None: ...
+    def acknowledged(self) -> None: ...
+    def resourceRequested(self) -> None: ...
+    def resourceDone(self) -> None: ...
+    def partDone(self) -> None: ...
+    def ioRequest(self, site: str, periphery_type: str, ioctl_name: str,
+                  parameters: Any) -> None: ...
+    def expired(self) -> None: ...
+    def abort(self) -> None: ...
+    def status(self) -> str: ...
+
+
+class PartEffects(Protocol):
+    """What the part machine's behaviours may do; implemented by the cell."""
+
+    def missing_ack(self) -> list[str]: ...
+    def missing_sites(self) -> list[str]: ...
+    def take_io_request(self, site: str, periphery_type: str, ioctl_name: str,
+                        parameters: Any) -> None: ...
+    def stray_io_request(self, site: str) -> None: ...
+    def ioctl_timed_out(self) -> str: ...
+    def ignore(self, what: str, detail: str, where: str) -> None: ...
+
+
+class PartListener(Protocol):
+    """The master machine's inputs the part machine calls."""
+
+    def partStep(self, step: str) -> None: ...
+    def partDone(self) -> None: ...
+    def fault(self, message: str) -> None: ...
+
+
+@dataclass
+class PartCore:
+    fx: PartEffects
+    clock: IReactorTime
+    timeouts: Any  # ate.config.Timeouts
+    enable_timeouts: bool
+    master: PartListener | None = None  # wired by the cell (the Boss)
+
+
+P = PartInputs
+builder = TypeMachineBuilder(PartInputs, PartCore)
+
+
+def _arm(kind: str, always: bool = False):
+    def factory(inputs: PartInputs, core: PartCore, *args: object) -> PhaseTimer:
+        return arm(core.clock, core.timeouts, always or core.enable_timeouts, kind,
+                   inputs.expired)
+
+    factory.__name__ = f"arm_{kind}"
+    return factory
+
+
+idle = builder.state("idle")
+starting = builder.state("starting", _arm("next_ack"))
+running = builder.state("running", _arm("test"))
+waiting = builder.state("waiting_for_resource", _arm("ioctl", always=True))
+
+STEPS = (starting, running, waiting)
+ALL = (idle, *STEPS)
+
+for _state in ALL:
+    _name = _state.name
+    if _state is idle:
+        _state.upon(P.status).loop().returns(_name)
+    else:
+        _state.upon(P.status, nodata=True).loop().returns(_name)
+
+
+def _master(core: PartCore) -> PartListener:
+    assert core.master is not None, "part machine not wired to the master"
+    return core.master
+
+
+@idle.upon(P.start).to(starting)
+def _start(inputs: PartInputs, core: PartCore) -> None:
+    pass
+
+
+@starting.upon(P.acknowledged).to(running)
+def _acknowledged(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+    timer.cancel()
+    _master(core).partStep("running")
+
+
+@starting.upon(P.resourceRequested).to(waiting)
+@running.upon(P.resourceRequested).to(waiting)
+def _resource(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+    timer.cancel()
+    _master(core).partStep("waiting_for_resource")
+
+
+@waiting.upon(P.resourceDone).to(running)
+def _resource_done(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+    timer.cancel()
+    _master(core).partStep("running")
+
+
+for _state in STEPS:
+
+    @_state.upon(P.partDone).to(idle)
+    def _done(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+        timer.cancel()
+        _master(core).partDone()
+
+    @_state.upon(P.expired).to(idle)
+    def _expired(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+        timer.cancel()
+        if timer.kind == "ioctl":
+            text = core.fx.ioctl_timed_out()
+        elif timer.kind == "next_ack":
+            text = timeout_text("next_ack", core.fx.missing_ack())
+        else:
+            text = timeout_text(timer.kind, core.fx.missing_sites())
+        _master(core).fault(text)
+
+    @_state.upon(P.abort).to(idle)
+    def _abort(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
+        timer.cancel()
+
+    @_state.upon(P.ioRequest, nodata=True).loop()
+    def _io(inputs: PartInputs, core: PartCore, site: str, periphery_type: str,
+            ioctl_name: str, parameters: Any) -> None:
+        core.fx.take_io_request(site, periphery_type, ioctl_name, parameters)
+
+
+@idle.upon(P.ioRequest).loop()
+def _stray_io(inputs: PartInputs, core: PartCore, site: str, periphery_type: str,
+              ioctl_name: str, parameters: Any) -> None:
+    core.fx.stray_io_request(site)
+
+
+idle.upon(P.abort).loop().returns(None)
+
+
+def _ignore(name: str, where: str):
+    def behaviour(inputs: PartInputs, core: PartCore, *args: object) -> None:
+        core.fx.ignore(name, " ".join(str(a) for a in args), where)
+
+    behaviour.__name__ = f"ignore_{name}"
+    return behaviour
+
+
+_EVENTS = {"start": P.start, "acknowledged": P.acknowledged,
+           "resourceRequested": P.resourceRequested, "resourceDone": P.resourceDone,
+           "partDone": P.partDone, "expired": P.expired}
+_HANDLED = {"start": {idle}, "acknowledged": {starting},
+            "resourceRequested": {starting, running}, "resourceDone": {waiting},
+            "partDone": set(STEPS), "expired": set(STEPS)}
+
+for _ename, _input in _EVENTS.items():
+    for _state in ALL:
+        if _state in _HANDLED[_ename]:
+            continue
+        if _state is idle:
+            _state.upon(_input).loop()(_ignore(_ename, _state.name))
+        else:
+            _state.upon(_input, nodata=True).loop()(_ignore(_ename, _state.name))
+
+PartMachine = builder.build()
