@@ -1,4 +1,8 @@
-"""paho-mqtt 2.x driven by the Twisted reactor.
+"""paho-mqtt 2.x driven by the Twisted reactor: the link of config C{mqtt_client = "paho"}.
+
+The default link is ours, L{ate.mqtt.twistedlink} (C{mqtt_client = "twisted"}); this one
+keeps paho-mqtt, the ecosystem's client, supported behind the same link contract
+(L{ate.mqtt.link}), and only a process that chooses it imports paho.
 
 L{ReactorPaho} owns one C{paho.mqtt.client.Client} and runs its network loop
 on the reactor:
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import paho.mqtt.client as paho
 from twisted.internet.defer import Deferred
@@ -49,9 +53,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["LinkListener", "MqttLinkError", "ReactorPaho", "make_paho_client"]
+from ate.mqtt.link import DEFAULT_MAX_PACKET, WINDOW, LinkListener, MqttLinkError
 
-DEFAULT_MAX_PACKET = 4 * 1024 * 1024  # config mqtt_max_packet_size
+__all__ = ["ReactorPaho", "make_paho_client"]
+
 #: The payload of the stand-in for a refused PUBLISH; never delivered (not JSON, so no
 #: real message of the protocol can equal it).
 _REFUSED = b"\x00ate-master: refused, larger than mqtt_max_packet_size\x00"
@@ -60,46 +65,17 @@ _READS_PER_TURN = 64  # then yield to the reactor (the socket stays readable)
 _HEAD_MAX = 2 + 65535 + 2  # topic length, the longest topic, packet id
 
 
-class MqttLinkError(Exception):
-    """paho refused an operation (the message names the operation and rc)."""
-
-
-class LinkListener(Protocol):
-    """What L{ReactorPaho} reports to; every call is on the reactor thread."""
-
-    def linkConnected(self, accepted: bool, reason: str) -> None:
-        """CONNACK received: C{accepted} is False when the broker refused."""
-
-    def linkLost(self, reason: str) -> None:
-        """The connection is gone (broker loss, our DISCONNECT, keepalive)."""
-
-    def linkMessage(self, topic: str, payload: bytes, qos: int) -> None:
-        """A PUBLISH arrived."""
-
-    def linkPublished(self, mid: int) -> None:
-        """Our message C{mid} was acked (QoS > 0) or written (QoS 0)."""
-
-    def linkSubscribed(self, mid: int, failures: Sequence[str]) -> None:
-        """SUBACK for C{mid}; C{failures} names refused filters' reasons."""
-
-
 def make_paho_client(options: Any, client_id: str,
                      will: tuple[str, bytes, int] | None,
-                     *, max_inflight: int = 20) -> paho.Client:
+                     *, max_inflight: int = WINDOW) -> paho.Client:
     """Build a paho client for C{options} (an C{ate.config.MqttOptions}).
 
     MQTT 3.1.1, clean session, our own reconnect (paho's is off), an
     unlimited outgoing queue, credentials, TLS and the last will (never
     retained).
 
-    The inflight window stays at 20. Measured against mosquitto 2.0.11 on
-    loopback: 2000 QoS 2 publishes are acked in ~0.29 s with a window of 10,
-    20 or 1000 alike. A window larger than the broker's
-    C{max_inflight_messages} (default 20, which mosquitto also applies to
-    what a 3.1.1 client sends it) makes the broker drop the connection
-    ("Bad socket read/write"); 0 (unlimited) did exactly that with a stock
-    broker. Messages beyond the window wait in paho's queue and go out as
-    acks come back.
+    The inflight window is L{ate.mqtt.link.WINDOW} (20; it says why), as in our link.
+    Messages beyond the window wait in paho's queue and go out as acks come back.
     """
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,

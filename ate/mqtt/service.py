@@ -20,17 +20,20 @@ Every input returns None, so inputs fired from inside a behaviour (for
 example an C{on_connected} callback that calls C{stopService}) are queued by
 Automat instead of raising. Every state lists the inputs that can reach it.
 
-The network side is a "link" (by default L{ReactorPaho}): C{connect() ->
+The network side is a "link" (L{ate.mqtt.link.Link}): C{connect() ->
 Deferred}, C{publish(topic, payload, qos) -> mid}, C{subscribe(subs)},
 C{disconnect()}, C{abort()}, C{start()}, C{stop()}; it reports back through
-the L{LinkListener} methods that L{MqttService} implements. Unit tests
-inject a fake link with C{link_factory}.
+the L{ate.mqtt.link.LinkListener} methods that L{MqttService} implements.
+The link is chosen by C{options.client} (config C{mqtt_client}): by default
+C{"twisted"}, our MQTT 3.1.1 protocol on Twisted (L{ate.mqtt.twistedlink}),
+or C{"paho"}, paho-mqtt on the reactor (L{ate.mqtt.reactorpaho}); only the
+chosen one is imported. Unit tests inject a fake link with C{link_factory}.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, cast
 
 from automat import TypeMachineBuilder, pep614
 from twisted.application.service import Service
@@ -39,7 +42,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ate.mqtt.reactorpaho import MqttLinkError, ReactorPaho
+from ate.mqtt.link import DEFAULT_LINK, Link, LinkFactory, MqttLinkError, link_factory
 
 __all__ = ["ConnectionMachine", "MqttNotConnected", "MqttService"]
 
@@ -86,15 +89,6 @@ class Connection(Protocol):
 
     def stopTimedOut(self) -> None:
         "The socket did not close within the stop timeout."
-
-
-class Link(Protocol):
-    """The network side the machine drives (see module docstring)."""
-
-    def connect(self) -> Deferred[None]: ...
-    def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> Any: ...
-    def disconnect(self) -> None: ...
-    def abort(self) -> None: ...
 
 
 class ConnectionEvents(Protocol):
@@ -336,18 +330,15 @@ def _check_qos(what: str, qos: object) -> None:
         raise ValueError(f"{what}: qos must be 0, 1 or 2, got {qos!r}")
 
 
-def default_link_factory(options: Any) -> Callable[..., Any]:
+def default_link_factory(options: Any) -> LinkFactory:
     """The network link chosen by ``options.client`` (config ``mqtt_client``).
 
-    ``twisted`` (default): our MQTT 3.1.1 protocol on Twisted (ate/mqtt/twistedlink.py);
-    measured 3-6x less CPU per message than ``paho`` (paho-mqtt on the reactor), which
-    stays available.
+    ``twisted`` (the default, also when ``options`` has no ``client``): our MQTT 3.1.1
+    protocol on Twisted (ate/mqtt/twistedlink.py); ``paho``: paho-mqtt on the reactor
+    (ate/mqtt/reactorpaho.py), which stays supported. bench/cycle.py ``--link`` measures
+    the two (README "Benchmarks"). Only the chosen link is imported.
     """
-    if getattr(options, "client", "twisted") == "paho":
-        return ReactorPaho.create
-    from ate.mqtt.twistedlink import create
-
-    return create
+    return link_factory(getattr(options, "client", DEFAULT_LINK))
 
 
 class MqttService(Service):
@@ -355,6 +346,8 @@ class MqttService(Service):
 
     See docs/internals.md "ate/mqtt/". All callbacks run on the reactor
     thread. C{reconnects} counts connections re-established after a loss.
+    The link is C{link_factory}, else the one C{options.client} names
+    (L{default_link_factory}: our Twisted link unless it says C{"paho"}).
     """
 
     log = Logger(namespace="ate.mqtt")
@@ -373,7 +366,7 @@ class MqttService(Service):
         backoff: tuple[float, float] = (1.0, 30.0),
         handshake_timeout: float = 10.0,
         stop_timeout: float = 2.0,
-        link_factory: Callable[..., Any] | None = None,
+        link_factory: LinkFactory | None = None,
     ) -> None:
         _check_options(options)
         if not isinstance(client_id, str) or not client_id:
@@ -409,10 +402,10 @@ class MqttService(Service):
         self._connect_waiters: list[Deferred[None]] = []
         self._stop_waiters: list[Deferred[None]] = []
         self._drain_waiters: list[Deferred[None]] = []
-        self._link: Any = None
+        self._link: Link | None = None
         self._core = ConnectionCore(
             clock=reactor,
-            link=None,  # type: ignore[arg-type]  (set in startService)
+            link=cast(Link, None),  # set in startService
             events=self,
             subscriptions=subscriptions,
             backoff=(float(low), float(high)),
@@ -428,10 +421,10 @@ class MqttService(Service):
             return
         Service.startService(self)
         # A fresh client per start: nothing queued by an earlier run leaks in.
-        self._link = self._link_factory(
+        link = self._link_factory(
             self._reactor, self._options, self._client_id, self._will, self)
-        self._core.link = self._link
-        self._link.start()
+        self._link = self._core.link = link
+        link.start()
         self._machine.start()
 
     def stopService(self) -> Deferred[None]:
@@ -450,7 +443,7 @@ class MqttService(Service):
         written (QoS 0). Errbacks with L{MqttNotConnected} when not connected
         (or QoS 0 lost with the connection), ValueError/TypeError for bad
         arguments. QoS 1/2 messages in flight when the connection drops are
-        resent by paho after the reconnect.
+        resent by the link after the reconnect.
         """
         if not isinstance(topic, str) or not topic:
             return fail(ValueError(f"publish: topic must be a non-empty string, got {topic!r}"))
@@ -460,7 +453,7 @@ class MqttService(Service):
             _check_qos(f"publish to {topic!r}", qos)
         except ValueError as e:
             return fail(e)
-        if not self.connected:
+        if not self.connected or self._link is None:
             return fail(MqttNotConnected(f"publish to {topic!r}: not connected to the MQTT broker"))
         try:
             mid = self._link.publish(topic, bytes(payload), qos)
@@ -501,7 +494,7 @@ class MqttService(Service):
 
     def down(self, reason: str) -> None:
         self.connected = False
-        # QoS 0 messages not yet written are dropped by paho on reconnect.
+        # QoS 0 messages not yet written are dropped by the link on reconnect.
         for mid, (d, qos) in list(self._pending.items()):
             if qos == 0:
                 del self._pending[mid]

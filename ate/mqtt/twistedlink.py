@@ -1,11 +1,12 @@
-"""A pure-Twisted MQTT 3.1.1 client link (an alternative to L{ReactorPaho}).
+"""Our MQTT 3.1.1 client link on Twisted: the default link (config C{mqtt_client = "twisted"}).
 
 L{TwistedLink} speaks MQTT 3.1.1 itself over a Twisted transport, so the
 reactor reads whole socket chunks and the parser slices packets out of them
 with C{memoryview}s: no byte-wise C{recv}, no per-packet objects, no locks
-or condition variables. It honours the same link contract as
-L{ate.mqtt.reactorpaho.ReactorPaho} and reports to the same
-L{ate.mqtt.reactorpaho.LinkListener}; it mirrors paho's behaviour where the
+or condition variables, and no paho (it imports none). It keeps the link
+contract of L{ate.mqtt.link} and reports to a L{ate.mqtt.link.LinkListener},
+as the other link, L{ate.mqtt.reactorpaho.ReactorPaho} (paho-mqtt on the
+reactor, C{mqtt_client = "paho"}), does; it mirrors paho's behaviour where the
 service can see it:
 
 - C{connect()} opens TCP (or TLS) through a Twisted endpoint, sets
@@ -17,7 +18,7 @@ service can see it:
   still unacked). QoS 0 is written at once and C{linkPublished(mid)} follows
   in a later reactor turn (after C{publish} has returned, so the caller can
   register the mid first). QoS 1/2 messages use an in-flight window of 20
-  (see L{ate.mqtt.reactorpaho.make_paho_client} for why 20); beyond it they
+  (L{ate.mqtt.link.WINDOW} says why 20); beyond it they
   wait in a FIFO queue. C{linkPublished(mid)} fires on PUBACK / PUBCOMP.
 - A QoS 1/2 message unacked when the connection drops is kept and sent again
   (with DUP when it had been sent) after the next accepted CONNACK, as paho
@@ -45,19 +46,13 @@ service can see it:
   back after every reconnect) cannot make us lose the session. Any other
   packet above the cap is a protocol error (the connection is dropped).
 
-TLS (C{options.tls}): C{tls_ca} (a PEM file, may hold several certificates)
-replaces the platform trust store; C{tls_cert} / C{tls_key} (PEM) give a
-client certificate (the key may be in the certificate file). With
-C{tls_insecure} the broker's certificate chain is still verified but its
-host name is not, which is what paho's C{tls_insecure_set(True)} does.
-Unlike paho, the TLS handshake completes after C{connect()} has fired, so a
+TLS (C{options.tls}): the settings of L{ate.mqtt.tls}. Unlike paho, the TLS handshake completes after C{connect()} has fired, so a
 handshake failure shows up as C{linkLost} before the CONNACK rather than as
 a failed connect; the service retries either way.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from typing import Any, Sequence
 
@@ -67,85 +62,19 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ate.mqtt.reactorpaho import LinkListener, MqttLinkError
+from ate.mqtt.link import DEFAULT_MAX_PACKET, WINDOW, LinkListener, MqttLinkError
+from ate.mqtt.packets import ACK as _ACK
+from ate.mqtt.packets import CONNACK_REASONS as _CONNACK_REASONS
+from ate.mqtt.packets import DISCONNECT as _DISCONNECT
+from ate.mqtt.packets import PINGREQ as _PINGREQ
+from ate.mqtt.packets import connect_packet, encode_remaining_length
+from ate.mqtt.packets import pack_H as _pack_H
+from ate.mqtt.packets import utf8 as _utf8
+from ate.mqtt.tls import tls_connection_creator
 
-__all__ = ["TwistedLink", "create", "link_factory_for", "encode_remaining_length"]
+__all__ = ["TwistedLink", "create", "encode_remaining_length"]
 
-WINDOW = 20  # in-flight outgoing QoS 1/2 messages (see make_paho_client)
 CONNECT_TIMEOUT = 10.0  # seconds for TCP connect (DNS included)
-MAX_REMAINING_LENGTH = 268_435_455
-DEFAULT_MAX_PACKET = 4 * 1024 * 1024  # config mqtt_max_packet_size
-
-_H = struct.Struct(">H")
-_pack_H = _H.pack
-_ACK = struct.Struct(">BBH").pack  # PUBACK / PUBREC / PUBREL / PUBCOMP
-_PINGREQ = b"\xc0\x00"
-_DISCONNECT = b"\xe0\x00"
-
-_CONNACK_REASONS = {
-    1: "Unsupported protocol version",
-    2: "Client identifier not valid",
-    3: "Server unavailable",
-    4: "Bad user name or password",
-    5: "Not authorized",
-}
-
-_SMALL_LENGTHS = [bytes((n,)) for n in range(128)]
-
-
-def encode_remaining_length(n: int) -> bytes:
-    """MQTT variable-length encoding of a packet's remaining length."""
-    if n < 128:
-        if n < 0:
-            raise ValueError(f"remaining length must be >= 0, got {n}")
-        return _SMALL_LENGTHS[n]
-    if n > MAX_REMAINING_LENGTH:
-        raise ValueError(f"packet too large for MQTT: remaining length {n} > {MAX_REMAINING_LENGTH}")
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _utf8(what: str, value: str) -> bytes:
-    raw = value.encode("utf-8")
-    if len(raw) > 65535:
-        raise ValueError(f"{what} is longer than 65535 bytes in UTF-8")
-    return _pack_H(len(raw)) + raw
-
-
-def _binary(what: str, value: bytes) -> bytes:
-    if len(value) > 65535:
-        raise ValueError(f"{what} is longer than 65535 bytes")
-    return _pack_H(len(value)) + bytes(value)
-
-
-def connect_packet(client_id: str, keepalive: int, will: tuple[str, bytes, int] | None,
-                   username: str | None, password: str | bytes | None) -> bytes:
-    """The CONNECT packet: MQTT 3.1.1, clean session, non-retained will."""
-    flags = 0x02  # clean session
-    payload = [_utf8("client id", client_id)]
-    if will is not None:
-        topic, message, qos = will
-        flags |= 0x04 | (qos << 3)
-        payload.append(_utf8("will topic", topic))
-        payload.append(_binary("will message", message))
-    if username is not None:
-        flags |= 0x80
-        payload.append(_utf8("user name", username))
-        if password is not None:
-            flags |= 0x40
-            raw = password.encode("utf-8") if isinstance(password, str) else password
-            payload.append(_binary("password", raw))
-    if not 0 <= keepalive <= 65535:
-        raise ValueError(f"keepalive must be 0..65535, got {keepalive}")
-    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + _pack_H(keepalive) + b"".join(payload)
-    return b"\x10" + encode_remaining_length(len(body)) + body
 
 
 class _Out:
@@ -754,43 +683,8 @@ class TwistedLink:
             self.log.failure("MQTT link listener linkPublished failed")
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        return f.read()
-
-
-def tls_connection_creator(options: Any) -> Any:
-    """The client TLS settings for C{options} (see the module docstring)."""
-    from twisted.internet import ssl
-
-    trust = None
-    if options.tls_ca:
-        pem = _read(options.tls_ca)
-        end = "-----END CERTIFICATE-----"
-        blocks = [block + end for block in pem.split(end) if "-----BEGIN CERTIFICATE-----" in block]
-        if not blocks:
-            raise ValueError(f"tls_ca {options.tls_ca!r}: no PEM certificate found")
-        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
-    client = None
-    if options.tls_cert:
-        cert = _read(options.tls_cert)
-        key = _read(options.tls_key) if options.tls_key else cert
-        client = ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
-    if options.tls_insecure:
-        extra: dict[str, Any] = {}
-        if client is not None:
-            extra = dict(privateKey=client.privateKey.original, certificate=client.original)
-        return ssl.CertificateOptions(trustRoot=trust if trust is not None else ssl.platformTrust(),
-                                      **extra)
-    return ssl.optionsForClientTLS(options.host, trustRoot=trust, clientCertificate=client)
-
-
 def create(reactor: Any, options: Any, client_id: str,
            will: tuple[str, bytes, int] | None, listener: LinkListener) -> TwistedLink:
-    """Link factory for L{ate.mqtt.MqttService} (same signature as ReactorPaho.create)."""
+    """The link factory (L{ate.mqtt.link.LinkFactory}) of config C{mqtt_client = "twisted"}."""
     return TwistedLink(reactor, options, client_id, will, listener)
 
-
-def link_factory_for(options: Any) -> Any:
-    """The link factory to use for C{options}: this module's L{create}."""
-    return create

@@ -18,13 +18,8 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from ate.mqtt.reactorpaho import MqttLinkError
-from ate.mqtt.twistedlink import (
-    TwistedLink,
-    create,
-    encode_remaining_length,
-    link_factory_for,
-)
+from ate.mqtt.link import MqttLinkError
+from ate.mqtt.twistedlink import TwistedLink, create, encode_remaining_length
 
 
 def options(**kw):
@@ -598,8 +593,7 @@ def test_remote_close_reports_lost():
 # -- selection ----------------------------------------------------------------------------
 
 
-def test_factory_selection_and_create_signature():
+def test_create_signature():
     opts = options()
-    assert link_factory_for(opts) is create
     link = create(Clock(), opts, "cid", None, Listener())
     assert isinstance(link, TwistedLink)
