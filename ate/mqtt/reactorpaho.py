@@ -167,6 +167,18 @@ class ReactorPaho:
         self._refusing: dict | None = None  # the oversized packet being dropped
         self._pahoRecv = client._sock_recv
         client._sock_recv = self._sockRecv
+        # paho leaves the TLS socket of a failed handshake unclosed (a ResourceWarning and
+        # an fd until the garbage collector finds it): keep the last one to close it.
+        self._tlsSocket: Any = None
+        context = client._ssl_context
+        if context is not None:
+            wrap = context.wrap_socket
+
+            def wrapSocket(*args: Any, **kw: Any) -> Any:
+                self._tlsSocket = wrap(*args, **kw)
+                return self._tlsSocket
+
+            context.wrap_socket = wrapSocket
 
         client.suppress_exceptions = True
         client.on_socket_open = self._guard("on_socket_open", self._socketOpened)
@@ -213,7 +225,14 @@ class ReactorPaho:
         self._blocking = True
 
         def attempt() -> None:
-            rc = self.client.reconnect()
+            try:
+                rc = self.client.reconnect()
+            except BaseException:
+                tls, self._tlsSocket = self._tlsSocket, None
+                if tls is not None and tls is not self.client.socket():
+                    tls.close()
+                raise
+            self._tlsSocket = None
             if rc != paho.MQTT_ERR_SUCCESS:
                 raise MqttLinkError(f"connect: {paho.error_string(rc)}")
 

@@ -1,16 +1,19 @@
-"""The pure-Twisted MQTT link (ate.mqtt.twistedlink) over TLS against a private mosquitto
-with a private CA.  The plain-TCP checks run for both links in test_mqtt.py."""
+"""Both MQTT links over TLS against a private mosquitto with a private CA: ours
+(ate.mqtt.twistedlink, the default) and paho on the reactor (ate.mqtt.reactorpaho).
+The plain-TCP checks run for both links in test_mqtt.py."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from ate.config import MqttOptions
-from ate.mqtt import twistedlink
+from ate.mqtt.link import link_factory
 from ate.testing.broker import Mosquitto
 from test_mqtt import TIMEOUT, Client
 
@@ -64,13 +67,17 @@ def _tls_broker(paths, label):
     return broker
 
 
+LINKS = pytest.mark.parametrize("client", ["twisted", "paho"])
+
+
+@LINKS
 @pytest_twisted.ensureDeferred
-async def test_tls_round_trip_with_private_ca(reactor, tmp_path, no_logged_errors):
+async def test_tls_round_trip_with_private_ca(reactor, tmp_path, client, no_logged_errors):
     paths = _write_pki(tmp_path)
     broker = _tls_broker(paths, "good")
     try:
-        c = Client(reactor, broker, "tl.tls", subscriptions=[("ate/IT/tls", 2)],
-                   tls=True, tls_ca=str(paths["ca"]))
+        c = Client(reactor, broker, f"tl.tls.{client}", subscriptions=[("ate/IT/tls", 2)],
+                   client=client, tls=True, tls_ca=str(paths["ca"]))
         await c.start()
         try:
             await c.service.publish("ate/IT/tls", b"secret", 2).addTimeout(TIMEOUT, reactor)
@@ -106,21 +113,29 @@ class _Events:
         pass
 
 
+@LINKS
 @pytest_twisted.ensureDeferred
-async def test_tls_host_name_checked_unless_tls_insecure(reactor, tmp_path):
+async def test_tls_host_name_checked_unless_tls_insecure(reactor, tmp_path, client):
     paths = _write_pki(tmp_path)
     broker = _tls_broker(paths, "wrongname")  # certificate for other.example, not 127.0.0.1
+    create = link_factory(client)
     try:
         strict = _Events()
-        link = twistedlink.create(
+        link = create(
             reactor, MqttOptions(host=broker.host, port=broker.port, keepalive=10, tls=True,
                                  tls_ca=str(paths["ca"])), "tl.strict", None, strict)
-        await link.connect().addTimeout(TIMEOUT, reactor)
-        await strict.lost.addTimeout(TIMEOUT, reactor)
-        assert strict.calls[0][0] == "lost"  # the handshake failed: never a CONNACK
+        if client == "twisted":
+            # the handshake completes after connect() has fired: lost, never a CONNACK
+            await link.connect().addTimeout(TIMEOUT, reactor)
+            await strict.lost.addTimeout(TIMEOUT, reactor)
+        else:
+            # paho shakes hands inside connect(): the attempt fails, naming the check
+            with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+                await link.connect().addTimeout(TIMEOUT, reactor)
+        assert ("connected", True) not in strict.calls
 
         lax = _Events()
-        link = twistedlink.create(
+        link = create(
             reactor, MqttOptions(host=broker.host, port=broker.port, keepalive=10, tls=True,
                                  tls_ca=str(paths["ca"]), tls_insecure=True),
             "tl.insecure", None, lax)

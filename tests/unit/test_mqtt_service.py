@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from ate.mqtt import MqttNotConnected, MqttService
 from ate.mqtt.reactorpaho import ReactorPaho, make_paho_client
@@ -511,3 +512,45 @@ def test_socket_reaches_the_reactor_only_after_the_connect_thread_returned():
     finally:
         a.close()
         b.close()
+
+
+class SyncPool:
+    """A thread pool that runs the work at once, in this thread."""
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kw):
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+def test_failed_tls_handshake_closes_its_socket():
+    """paho drops the TLS socket of a failed handshake without closing it; the link closes
+    it (no ResourceWarning, no fd left for the garbage collector)."""
+    import gc
+    import warnings
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    closer = threading.Thread(target=lambda: server.accept()[0].close())
+    closer.start()
+    reactor = ThreadAwareReactor()
+    reactor.getThreadPool = lambda: SyncPool()
+    opts = options(port=server.getsockname()[1], tls=True)
+    link = ReactorPaho(reactor, make_paho_client(opts, "c", None), SimpleNamespace())
+    failures = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            link.connect().addErrback(failures.append)
+            reactor.runThreadCalls()
+            assert len(failures) == 1 and isinstance(failures[0].value, OSError)
+            failures.clear()
+            gc.collect()
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        closer.join(10)
+        server.close()
