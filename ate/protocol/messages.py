@@ -98,8 +98,12 @@ def _pass(default: Any = None) -> Any:
 
 @_frozen
 class Load(Message):
-    """``load``: only the lot number is used (4.1)."""
+    """``load``: only the lot number is used (4.1). ``devicetype`` and ``temperature``
+    are what ate-handler sends along from the ``LL`` line (13.4); the master's decode
+    ignores them (4.1), so they are ``None`` in a decoded ``Load``."""
     lot_number: str
+    devicetype: str | None = None
+    temperature: str | None = None
 
 
 _SITEINFO_KEYS = frozenset({"siteid", "partid", "binning", "logflag", "additionalinfo"})
@@ -1268,8 +1272,12 @@ class Codec:
 
     # handler commands
     def _enc_load(self, m: Load) -> tuple[str, bytes]:
-        return self.topics.master_cmd, dumps(
-            {"type": "load", "payload": {"lot_number": m.lot_number}})
+        p = {"lot_number": m.lot_number}
+        if m.devicetype is not None:
+            p["devicetype"] = m.devicetype
+        if m.temperature is not None:
+            p["temperature"] = m.temperature
+        return self.topics.master_cmd, dumps({"type": "load", "payload": p})
 
     def _enc_next(self, m: Next) -> tuple[str, bytes]:
         p = {} if m.sites is None else {"sites": [s.to_wire() for s in m.sites]}

@@ -325,6 +325,15 @@ class TestHandlerCommands:
         assert wire(codec, msg) == ("ate/SCT-81-1F/Master/cmd",
                                     {"type": "load", "payload": {"lot_number": "306426.001"}})
 
+    def test_load_from_the_handler_app(self, codec):
+        """ate-handler sends devicetype and temperature along (13.4); the master's decode
+        ignores them (4.1)."""
+        topic, payload = codec.encode(Load("306426.001", "HS2C", "25"))
+        assert (topic, payload) == ("ate/SCT-81-1F/Master/cmd", (
+            b'{"type":"load","payload":{"lot_number":"306426.001","devicetype":"HS2C",'
+            b'"temperature":"25"}}'))
+        assert codec.decode(topic, payload) == Load("306426.001")
+
     def test_load_lotnumber_alias(self, codec):
         msg = codec.decode(codec.topics.master_cmd, raw(
             {"type": "load", "payload": {"lotnumber": "306426.001",
