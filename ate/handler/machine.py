@@ -4,7 +4,9 @@
 it master states and responses, the line driver feeds it parsed requests, and
 it answers through two narrow collaborators, a :class:`MasterBus` (MQTT
 publications) and a :class:`~ate.handler.drivers.HandlerLink` (lines to the
-handler device).
+handler device). What goes to and comes from the masters are the messages of
+:mod:`ate.protocol` (``Load``, ``Next``, ``NextResponse``, ``ErrorResponse``,
+...); :mod:`ate.handler.service` encodes and decodes them with its codec.
 
 The lifecycle is an Automat ``TypeMachineBuilder`` machine with the states of
 13.2: ``startup``, ``connecting``, ``initialized``, ``loading``, ``ready``,
@@ -64,13 +66,31 @@ under test, so a resend that crosses a late ``testing`` starts nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ate.handler import lineproto as lp
+from ate.protocol.messages import (
+    ErrorResponse,
+    GetHostResponse,
+    GetState,
+    GetStateResponse,
+    HandlerCommand,
+    HandlerResponse,
+    Identify,
+    IdentifyResponse,
+    Load,
+    Message,
+    Next,
+    NextResponse,
+    NextResult,
+    SiteInfo,
+    SiteLayout,
+    Unload,
+)
 
 __all__ = [
     "HANDLER_STATES",
@@ -78,7 +98,7 @@ __all__ = [
     "NO_TESTER",
     "MasterBus",
     "LineSink",
-    "MasterReply",
+    "MasterResponse",
     "HandlerSettings",
     "HandlerSnapshot",
     "Masters",
@@ -115,6 +135,8 @@ _RESEND_RULES: dict[str, tuple[str, frozenset[str], str]] = {
 #: ate-handler's spelling of the reference's ``No Tester is availabe`` (13.3).
 NO_TESTER = "No tester is available"
 _BETWEEN_LOTS = frozenset({"connecting", "initialized", "error"})
+#: The queries of the line (``ID?``, ``TS?``) and the command each sends to every master.
+_QUERIES: dict[str, Message] = {"identify": Identify(), "get-state": GetState()}
 
 
 # --------------------------------------------------------------------------
@@ -122,15 +144,16 @@ _BETWEEN_LOTS = frozenset({"connecting", "initialized", "error"})
 
 
 class MasterBus(Protocol):
-    """What the handler publishes on MQTT (13.1)."""
+    """What the handler publishes on MQTT (13.1), as messages of :mod:`ate.protocol`."""
 
-    def command(self, device_id: str, type: str, payload: Mapping[str, Any]) -> None:
-        """Publish ``{"type": type, "payload": payload}`` on ``ate/D/Master/cmd``."""
+    def command(self, device_id: str, msg: Message) -> None:
+        """Publish a handler command (``Load``, ``Next``, ``Unload``, ``Identify``,
+        ``GetState``, ``SiteLayout``) on ``ate/D/Master/cmd``."""
 
     def handler_status(self, state: str, message: str) -> None:
         """Publish the handler status on ``ate/H/Handler/status``."""
 
-    def handler_response(self, payload: Mapping[str, Any]) -> None:
+    def handler_response(self, msg: HandlerResponse) -> None:
         """Publish on ``ate/H/Handler/response`` (temperature reply)."""
 
 
@@ -141,19 +164,15 @@ class LineSink(Protocol):
         """Write one reply line."""
 
 
-@dataclass(frozen=True)
-class MasterReply:
-    """A message from ``ate/D/Master/response`` (2.3, 4.2).
+#: A message from ``ate/D/Master/response`` (2.3, 4.2), decoded by :class:`ate.protocol.Codec`.
+MasterResponse = Union[NextResponse, IdentifyResponse, GetStateResponse, GetHostResponse,
+                       ErrorResponse]
 
-    ``payload`` is the payload object; for ``type == "error"`` the top-level
-    fields are in ``command_type``, ``response_type`` and ``message``.
-    """
 
-    type: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
-    command_type: str | None = None
-    response_type: str | None = None
-    message: str | None = None
+def _line_message(reply: ErrorResponse) -> str | None:
+    """The message that goes on the line with an error response: only for
+    ``response_type`` ``error`` (4.2, the top-level ``message``)."""
+    return reply.message if reply.response_type == "error" else None
 
 
 @dataclass(frozen=True)
@@ -247,7 +266,7 @@ class NextPlan:
     def __init__(self, cmd: lp.StartTest) -> None:
         self.cmd = cmd
         #: device id -> list of (handler site index, site info for the master)
-        self.per_master: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.per_master: dict[str, list[tuple[int, SiteInfo]]] = {}
         self.index_of: dict[tuple[str, str], int] = {}
         self.results: dict[int, lp.EtPart] = {}
         self.responded: set[str] = set()
@@ -275,13 +294,7 @@ class NextPlan:
                 return f"site {index} is not in site_map"
             if device in masters.excluded:
                 return f"tester {device} is not available"
-            info = {
-                "siteid": site,
-                "partid": block.partid,
-                "binning": block.binning,
-                "logflag": block.logflag,
-                "additionalinfo": block.info,
-            }
+            info = SiteInfo(site, block.partid, block.binning, block.logflag, block.info)
             plan.per_master.setdefault(device, []).append((index, info))
             plan.index_of[(device, site)] = index
         return plan
@@ -290,36 +303,38 @@ class NextPlan:
     def devices(self) -> list[str]:
         return list(self.per_master)
 
-    def payload(self, device_id: str) -> dict[str, Any]:
-        return {"sites": [info for _, info in self.per_master[device_id]]}
+    def command(self, device_id: str) -> Next:
+        """The ``next`` for one master: its sites only."""
+        return Next(tuple(info for _, info in self.per_master[device_id]))
 
-    def record(self, device_id: str, payload: Mapping[str, Any]) -> None:
-        """Take one master's ``next`` response; problems are kept for the reply."""
+    def _responding(self, device_id: str) -> bool:
         if device_id not in self.per_master or device_id in self.responded:
             log.warn("unexpected next response from {device}", device=device_id)
-            return
+            return False
         self.responded.add(device_id)
-        sites = payload.get("sites") if isinstance(payload, Mapping) else None
-        if not isinstance(sites, list):
-            self.problems.append(f"tester {device_id} sent a next response without sites")
+        return True
+
+    def record(self, device_id: str, sites: Sequence[NextResult]) -> None:
+        """Take one master's ``next`` response; problems are kept for the reply."""
+        if not self._responding(device_id):
             return
         for entry in sites:
-            if not isinstance(entry, Mapping):
-                self.problems.append(f"tester {device_id} sent a bad next response entry")
-                continue
-            index = self.index_of.get((device_id, str(entry.get("siteid"))))
-            binning = entry.get("binning")
-            if index is None or isinstance(binning, bool) or not isinstance(binning, int):
+            index = self.index_of.get((device_id, entry.siteid))
+            if index is None:
                 self.problems.append(
-                    f"tester {device_id} sent a bad result for site {entry.get('siteid')}"
-                )
+                    f"tester {device_id} sent a bad result for site {entry.siteid}")
                 continue
             self.results[index] = lp.EtPart(
-                str(entry.get("partid", "")),
-                binning,
-                entry.get("logflag", 0),
-                entry.get("additionalinfo", 0),
+                "" if entry.partid is None else str(entry.partid),
+                entry.binning,
+                entry.logflag,
+                entry.additionalinfo,
             )
+
+    def malformed(self, device_id: str, reason: str) -> None:
+        """One master answered with a response the codec refused: the reply is an error."""
+        if self._responding(device_id):
+            self.problems.append(f"tester {device_id} sent a bad next response: {reason}")
 
     def lose(self, device_id: str, reason: str) -> None:
         if device_id in self.per_master:
@@ -362,7 +377,7 @@ class Deadline:
 class Work:
     """The serial command waiting for the masters (``load``/``next``/``unload``).
 
-    ``payloads`` is what was sent to each master (for a resend); ``confirmed`` the
+    ``commands`` is what was sent to each master (for a resend); ``confirmed`` the
     masters that showed they have the command; ``probing`` the masters asked
     ``get-state`` after a reconnect; ``resends`` how often it was resent to each.
     """
@@ -371,20 +386,20 @@ class Work:
         self.kind: str | None = None
         self.plan: NextPlan | None = None
         self.timeout: float = 0.0
-        self.payloads: dict[str, Mapping[str, Any]] = {}
+        self.commands: dict[str, Message] = {}
         self.confirmed: set[str] = set()
         self.probing: set[str] = set()
         self.resends: dict[str, int] = {}
 
-    def begin(self, kind: str, timeout: float, payloads: Mapping[str, Mapping[str, Any]],
+    def begin(self, kind: str, timeout: float, commands: Mapping[str, Message],
               plan: NextPlan | None = None) -> None:
         self.kind, self.timeout, self.plan = kind, timeout, plan
-        self.payloads = dict(payloads)
+        self.commands = dict(commands)
         self.confirmed, self.probing, self.resends = set(), set(), {}
 
     def clear(self) -> None:
         self.kind, self.plan = None, None
-        self.payloads = {}
+        self.commands = {}
         self.confirmed, self.probing, self.resends = set(), set(), {}
 
     def answered(self, device: str) -> bool:
@@ -401,13 +416,14 @@ class HandlerInputs(Protocol):
     def mqttConnected(self) -> None: ...
     def stateAnswered(self, device_id: str, state: str) -> bool: ...
     def masterStatus(self, device_id: str, state: str, message: str) -> None: ...
-    def masterResponse(self, device_id: str, reply: MasterReply) -> None: ...
+    def masterResponse(self, device_id: str, reply: MasterResponse) -> None: ...
+    def responseMalformed(self, device_id: str, command: str | None, reason: str) -> None: ...
     def load(self, cmd: lp.LoadLot) -> None: ...
     def next(self, cmd: lp.StartTest) -> None: ...
     def unload(self) -> None: ...
     def testStarted(self) -> None: ...
     def masterUnloaded(self, device_id: str) -> None: ...
-    def commandRefused(self, device_id: str, reply: MasterReply) -> None: ...
+    def commandRefused(self, device_id: str, reply: ErrorResponse) -> None: ...
     def reached(self) -> None: ...
     def failed(self, reason: str) -> None: ...
     def deadline(self) -> None: ...
@@ -431,9 +447,9 @@ def _publish(core: HandlerCore, state: str, message: str = "") -> None:
 
 
 def _send_layout(core: HandlerCore, devices: Sequence[str]) -> None:
-    payload = {"sites": [list(p) for p in core.settings.site_layout]}
+    layout = SiteLayout(core.settings.site_layout)
     for device in devices:
-        core.bus.command(device, "site-layout", payload)
+        core.bus.command(device, layout)
 
 
 def _check(inputs: HandlerInputs, core: HandlerCore) -> None:
@@ -500,7 +516,7 @@ def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: 
     Returns True when the command was resent (the report is then not a completion)."""
     work = core.work
     rule = _RESEND_RULES.get(work.kind or "")
-    if rule is None or rule[0] != here or device not in work.payloads \
+    if rule is None or rule[0] != here or device not in work.commands \
             or device in core.masters.excluded:
         return False
     _pending_state, has_it, not_got = rule
@@ -520,7 +536,7 @@ def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: 
              "(lost with the broker connection)", device=device, state=state, how=how,
              kind=work.kind)
     core.masters.waiting.add(device)  # its completion must be reported afresh
-    core.bus.command(device, work.kind, work.payloads[device])  # type: ignore[arg-type]
+    core.bus.command(device, work.commands[device])
     return True
 
 
@@ -528,11 +544,11 @@ def _probe_unconfirmed(core: HandlerCore) -> None:
     """After a reconnect: ask ``get-state`` of every master that may have missed the
     pending command (its re-published status may have come before our subscription)."""
     work = core.work
-    for device in work.payloads:
+    for device in work.commands:
         if device in work.confirmed or work.answered(device) or device in core.masters.excluded:
             continue
         work.probing.add(device)
-        core.bus.command(device, "get-state", {})
+        core.bus.command(device, GetState())
 
 
 def _rejoin(core: HandlerCore) -> None:
@@ -583,24 +599,34 @@ _COMMAND_NAMES = {"load": "load", "next": "next", "unload": "unload", "endlot": 
 
 
 def _response(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
-              reply: MasterReply) -> None:
+              reply: MasterResponse) -> None:
     """A master response while in ``here`` (queries are handled by the controller)."""
     pending = core.work.kind
-    if reply.type == "error" and pending is not None \
-            and _COMMAND_NAMES.get(reply.command_type or "") == pending \
-            and device not in core.masters.excluded:
-        inputs.commandRefused(device, reply)
-        return
-    if reply.type == "next" and here == "testing" and core.work.plan is not None:
-        core.work.plan.record(device, reply.payload)
+    if isinstance(reply, ErrorResponse):
+        if pending is not None and _COMMAND_NAMES.get(reply.command_type) == pending \
+                and device not in core.masters.excluded:
+            inputs.commandRefused(device, reply)
+        else:
+            log.warn("master {device} refused {command}: {rtype} {message}", device=device,
+                     command=reply.command_type, rtype=reply.response_type,
+                     message=_line_message(reply))
+    elif isinstance(reply, NextResponse):
+        if here == "testing" and core.work.plan is not None:
+            core.work.plan.record(device, reply.sites)
+            _check(inputs, core)
+        else:
+            log.info("response next from {device} ignored in {state}", device=device,
+                     state=here)
+
+
+def _malformed(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
+               command: str | None, reason: str) -> None:
+    """A response the codec refused (already logged). A pending ``next`` ends with the
+    error on the line at once, as a bad result does, rather than at its timeout."""
+    plan = core.work.plan
+    if command == "next" and here == "testing" and plan is not None:
+        plan.malformed(device, reason)
         _check(inputs, core)
-        return
-    if reply.type == "error":
-        log.warn("master {device} refused {command}: {rtype} {message}", device=device,
-                 command=reply.command_type, rtype=reply.response_type, message=reply.message)
-    elif reply.type not in ("identify", "get-state", "get-host"):
-        log.info("response {type} from {device} ignored in {state}", type=reply.type,
-                 device=device, state=here)
 
 
 def _fail_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str], None]:
@@ -628,11 +654,20 @@ def _status_in(here: str) -> Callable[..., None]:
 
 def _response_in(here: str) -> Callable[..., None]:
     def masterResponse(inputs: HandlerInputs, core: HandlerCore, device: str,
-                       reply: MasterReply) -> None:
+                       reply: MasterResponse) -> None:
         _response(inputs, core, here, device, reply)
 
     masterResponse.__name__ = f"response_in_{here}"
     return masterResponse
+
+
+def _malformed_in(here: str) -> Callable[..., None]:
+    def responseMalformed(inputs: HandlerInputs, core: HandlerCore, device: str,
+                          command: str | None, reason: str) -> None:
+        _malformed(inputs, core, here, device, command, reason)
+
+    responseMalformed.__name__ = f"malformed_in_{here}"
+    return responseMalformed
 
 
 def _snapshot_in(here: str) -> Callable[[HandlerInputs, HandlerCore], HandlerSnapshot]:
@@ -712,6 +747,7 @@ for _name, _state in _ALL.items():
     _state.upon(HandlerInputs.status).loop()(_snapshot_in(_name))
     _state.upon(HandlerInputs.masterStatus).loop()(_status_in(_name))
     _state.upon(HandlerInputs.masterResponse).loop()(_response_in(_name))
+    _state.upon(HandlerInputs.responseMalformed).loop()(_malformed_in(_name))
     _state.upon(HandlerInputs.stateAnswered).loop()(_state_answer_in(_name))
     if _name != "startup":
         _state.upon(HandlerInputs.mqttConnected).loop()(_republish_in(_name))
@@ -782,14 +818,13 @@ for _state in (connecting, initialized, error):
 def _load(inputs: HandlerInputs, core: HandlerCore, cmd: lp.LoadLot) -> None:
     core.deadline.cancel()
     live = core.masters.live()
-    payload = {"lot_number": cmd.lot, "devicetype": cmd.devicetype,
-               "temperature": cmd.temperature}
+    load = Load(cmd.lot, cmd.devicetype, cmd.temperature)
     core.masters.expect(READY, live, fresh=True)
-    core.work.begin("load", core.settings.load_timeout, {d: payload for d in live})
+    core.work.begin("load", core.settings.load_timeout, {d: load for d in live})
     core.deadline.arm(core.settings.load_timeout, inputs.deadline)
     _publish(core, "loading")
     for device in live:
-        core.bus.command(device, "load", payload)
+        core.bus.command(device, load)
 
 
 @initialized.upon(HandlerInputs.reached).loop()
@@ -827,12 +862,12 @@ def _next(inputs: HandlerInputs, core: HandlerCore, cmd: lp.StartTest) -> None:
         core.link.send(lp.error_status(plan))
         return
     core.masters.expect(READY, plan.devices, fresh=True)
-    core.work.begin("next", core.settings.next_timeout,
-                    {d: plan.payload(d) for d in plan.devices}, plan)
+    commands = {d: plan.command(d) for d in plan.devices}
+    core.work.begin("next", core.settings.next_timeout, commands, plan)
     core.deadline.arm(core.settings.next_timeout, inputs.deadline)
     inputs.testStarted()
-    for device in plan.devices:
-        core.bus.command(device, "next", plan.payload(device))
+    for device, command in commands.items():
+        core.bus.command(device, command)
 
 
 @ready.upon(HandlerInputs.testStarted).to(testing)
@@ -844,11 +879,12 @@ def _testStarted(inputs: HandlerInputs, core: HandlerCore) -> None:
 def _unload(inputs: HandlerInputs, core: HandlerCore) -> None:
     live = core.masters.live()
     core.masters.expect(INITIALIZED, live, fresh=True)
-    core.work.begin("unload", core.settings.unload_timeout, {d: {} for d in live})
+    unload = Unload(False)
+    core.work.begin("unload", core.settings.unload_timeout, {d: unload for d in live})
     core.deadline.arm(core.settings.unload_timeout, inputs.deadline)
     _publish(core, "unloading")
     for device in live:
-        core.bus.command(device, "unload", {})
+        core.bus.command(device, unload)
 
 
 @ready.upon(HandlerInputs.masterUnloaded).to(initialized)
@@ -880,13 +916,14 @@ def _unloaded(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 def _refused_back_to(here: str, back: str) -> Callable[..., None]:
     def refused(inputs: HandlerInputs, core: HandlerCore, device: str,
-                reply: MasterReply) -> None:
+                reply: ErrorResponse) -> None:
         core.deadline.cancel()
         core.masters.clear()
         core.work.clear()
-        text = reply.message or reply.response_type or "error"
+        message = _line_message(reply)
+        text = message or reply.response_type
         _publish(core, back, f"master {device} refused {reply.command_type}: {text}")
-        core.link.send(lp.error_response_status(reply.response_type or "", reply.message))
+        core.link.send(lp.error_response_status(reply.response_type, message))
 
     refused.__name__ = f"refused_in_{here}"
     return refused
@@ -959,7 +996,7 @@ class _Query:
 
     def __init__(self, waiting: set[str], call: IDelayedCall) -> None:
         self.waiting = waiting
-        self.answers: dict[str, MasterReply] = {}
+        self.answers: dict[str, MasterResponse] = {}
         self.call = call
 
 
@@ -1008,23 +1045,36 @@ class HandlerController:
     def master_status(self, device_id: str, state: str, message: str = "") -> None:
         self.machine.masterStatus(device_id, state, message or "")
 
-    def master_response(self, device_id: str, reply: MasterReply) -> None:
-        kind = {"identify": "identify", "get-state": "get-state"}.get(
-            reply.command_type if reply.type == "error" else reply.type)  # type: ignore[arg-type]
+    def master_response(self, device_id: str, reply: MasterResponse) -> None:
+        """A decoded ``ate/D/Master/response``; answers to ``ID?``/``TS?`` go to the query."""
+        if isinstance(reply, IdentifyResponse):
+            kind: str | None = "identify"
+        elif isinstance(reply, GetStateResponse):
+            kind = "get-state"
+        elif isinstance(reply, ErrorResponse) and reply.command_type in _QUERIES:
+            kind = reply.command_type
+        else:
+            kind = None
         if kind is not None:
             self._answer(kind, device_id, reply)
             return
         self.machine.masterResponse(device_id, reply)
 
-    def master_request(self, device_id: str, type: str, payload: Mapping[str, Any]) -> None:
+    def master_response_malformed(self, device_id: str, command: str | None,
+                                  reason: str) -> None:
+        """An ``ate/D/Master/response`` the codec refused (the caller logged it); ``command``
+        is the response's type as far as it could be read."""
+        self.machine.responseMalformed(device_id, command, reason)
+
+    def master_request(self, device_id: str, cmd: HandlerCommand) -> None:
         """``ate/D/Handler/command``: ``identify``/``get-state`` become ``ID?``/``HS?``."""
-        if type == "identify" and not payload:
+        if cmd.command == "identify" and not cmd.payload:
             self._slot.send(lp.AskIdentity())
-        elif type == "get-state" and not payload:
+        elif cmd.command == "get-state" and not cmd.payload:
             self._slot.send(lp.AskState())
         else:
             log.warn("handler command {type} from {device} is not implemented",
-                     type=type, device=device_id)
+                     type=cmd.command, device=device_id)
 
     # ---- from the handler device
 
@@ -1041,8 +1091,7 @@ class HandlerController:
         elif isinstance(req, lp.StateQuery):
             self._ask("get-state")
         elif isinstance(req, lp.Temperature):
-            self.bus.handler_response({"type": "temperature",
-                                       "payload": {"temperature": req.value}})
+            self.bus.handler_response(HandlerResponse({"temperature": req.value}))
         elif isinstance(req, lp.HandlerState):
             self.core.device["state"] = f"{req.code} {req.text}"
             log.info("handler device state: {code} {text}", code=req.code, text=req.text)
@@ -1068,14 +1117,12 @@ class HandlerController:
         call = self.clock.callLater(self.settings.ready_timeout, self._query_timeout, kind)
         self._queries[kind] = _Query(set(live), call)
         for device in live:
-            self.bus.command(device, kind, {})
+            self.bus.command(device, _QUERIES[kind])
 
-    def _answer(self, kind: str, device: str, reply: MasterReply) -> None:
+    def _answer(self, kind: str, device: str, reply: MasterResponse) -> None:
         probed = False
-        if kind == "get-state" and reply.type == "get-state":
-            state = reply.payload.get("state")
-            if isinstance(state, str):
-                probed = bool(self.machine.stateAnswered(device, state))
+        if isinstance(reply, GetStateResponse):
+            probed = bool(self.machine.stateAnswered(device, reply.state))
         query = self._queries.get(kind)
         if query is None or device not in query.waiting:
             if not probed:
@@ -1095,17 +1142,14 @@ class HandlerController:
 
     def _query_reply(self, kind: str, query: _Query) -> lp.Reply:
         order = [d for d in self.settings.device_ids if d in query.answers]
-        for device in order:
-            reply = query.answers[device]
-            if reply.type == "error":
-                return lp.error_response_status(reply.response_type or "", reply.message)
+        answers = [query.answers[d] for d in order]
+        for reply in answers:
+            if isinstance(reply, ErrorResponse):
+                return lp.error_response_status(reply.response_type, _line_message(reply))
         if kind == "identify":
-            names = [str(query.answers[d].payload.get("name", d)) for d in order]
-            return lp.TesterName(",".join(names))
-        for device in order:
-            payload = query.answers[device].payload
-            state = payload.get("state")
-            if state in FAILED_STATES:
-                message = payload.get("message") or f"tester {device} is in {state}"
-                return lp.error_status(str(message))
+            return lp.TesterName(",".join(
+                r.name if isinstance(r, IdentifyResponse) else d for d, r in zip(order, answers)))
+        for device, reply in zip(order, answers):
+            if isinstance(reply, GetStateResponse) and reply.state in FAILED_STATES:
+                return lp.error_status(reply.message or f"tester {device} is in {reply.state}")
         return lp.TS_OK

@@ -5,47 +5,70 @@ MQTT (13.1): client id ``handler.H``; status on ``ate/H/Handler/status``
 reply on ``ate/H/Handler/response`` (QoS 0); subscriptions from
 :meth:`ate.protocol.topics.Topics.handler_subscriptions`.
 
-Inbound messages are decoded here, tolerantly, because the handler must work
-with the reference master as well as ate-master: the master state is read
-from the top-level ``state`` (falling back to ``payload.state``), ``message``
-may be ``null``. A message that cannot be decoded is logged and dropped.
+Every message is encoded and decoded by :class:`ate.protocol.Codec`, one per
+configured master (a codec belongs to one device id): :class:`MqttBus`
+publishes the controller's messages, :class:`HandlerRouter` decodes what the
+subscriptions deliver and feeds the controller. The codec reads the master
+state as the Semi-ATE handler does, from the top-level ``state``, else
+``payload.state`` (2.1), and takes a ``null`` message. A message it refuses is
+logged as an error naming the topic and the field and changes nothing, except
+that a refused answer to a pending ``next`` ends that ``next`` at once with
+``TS|-1|...|`` (as a bad result does) instead of at its timeout.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from ate.handler.drivers.line import LineDriver, SerialOptions
 from ate.handler.drivers.simulated import InProcessLink, SimulatedHandler
-from ate.handler.machine import HandlerController, HandlerSettings, MasterReply
+from ate.handler.machine import HandlerController, HandlerSettings
 from ate.mqtt.service import MqttNotConnected, MqttService
-from ate.protocol.topics import Topics
+from ate.protocol import ProtocolError, Topics
+from ate.protocol.messages import (
+    Codec,
+    ErrorResponse,
+    GetHostResponse,
+    GetStateResponse,
+    HandlerCommand,
+    HandlerResponse,
+    HandlerStatus,
+    IdentifyResponse,
+    MasterStatus,
+    Message,
+    NextResponse,
+)
 
-__all__ = ["MqttBus", "decode_inbound", "HandlerService", "status_payload"]
+__all__ = ["MqttBus", "HandlerRouter", "HandlerService", "handler_codecs", "handler_will"]
 
 log = Logger(namespace="ate.handler.service")
 
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+_RESPONSES = (NextResponse, IdentifyResponse, GetStateResponse, GetHostResponse, ErrorResponse)
 
 
-def status_payload(state: str, message: str) -> bytes:
-    """The handler status message (13.1)."""
-    return _dumps({"type": "status", "payload": {"state": state, "message": message}})
+def handler_codecs(handler_id: str, device_ids: Sequence[str]) -> dict[str, Codec]:
+    """One codec per master device id, each knowing the handler's own topics (which are
+    therefore the same in every one of them)."""
+    return {device: Codec(device, (), handler_id) for device in device_ids}
+
+
+def handler_will(handler_id: str, codecs: Mapping[str, Codec]) -> tuple[str, bytes, int]:
+    """The last will: the handler status ``crash`` at QoS 2 (13.1)."""
+    own = next(iter(codecs.values()))
+    return (*own.encode(HandlerStatus(handler_id, "crash", "")), 2)
 
 
 class MqttBus:
     """:class:`~ate.handler.machine.MasterBus` over an :class:`MqttService`."""
 
-    def __init__(self, mqtt: Any, handler_id: str) -> None:
+    def __init__(self, mqtt: Any, handler_id: str, codecs: Mapping[str, Codec]) -> None:
         self.mqtt = mqtt
-        self.status_topic = f"ate/{handler_id}/Handler/status"
-        self.response_topic = f"ate/{handler_id}/Handler/response"
+        self.handler_id = handler_id
+        self.codecs = codecs
+        self._own = next(iter(codecs.values()))  # for the handler's own topics
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> None:
         d = self.mqtt.publish(topic, payload, qos)
@@ -58,57 +81,60 @@ class MqttBus:
 
         d.addErrback(failed)
 
-    def command(self, device_id: str, type: str, payload: Mapping[str, Any]) -> None:
-        self._publish(f"ate/{device_id}/Master/cmd", _dumps({"type": type, "payload": payload}), 0)
+    def command(self, device_id: str, msg: Message) -> None:
+        self._publish(*self.codecs[device_id].encode(msg), 0)
 
     def handler_status(self, state: str, message: str) -> None:
-        self._publish(self.status_topic, status_payload(state, message), 2)
+        self._publish(*self._own.encode(HandlerStatus(self.handler_id, state, message)), 2)
 
-    def handler_response(self, payload: Mapping[str, Any]) -> None:
-        self._publish(self.response_topic, _dumps(payload), 0)
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    def handler_response(self, msg: HandlerResponse) -> None:
+        self._publish(*self._own.encode(msg), 0)
 
 
-def decode_inbound(topic: str, payload: bytes) -> tuple[str, str, Any]:
-    """Decode one subscribed message into ``(kind, device_id, value)``.
+class HandlerRouter:
+    """Decodes the messages of the handler's subscriptions (13.1) for the controller.
 
-    ``kind`` is ``"status"`` (value ``(state, message)``), ``"response"``
-    (value a :class:`MasterReply`) or ``"request"`` (value ``(type,
-    payload)``). Raises ``ValueError`` naming the problem.
+    ``Master/status`` becomes :meth:`~HandlerController.master_status`,
+    ``Master/response`` :meth:`~HandlerController.master_response` (or
+    :meth:`~HandlerController.master_response_malformed` when the codec refuses it) and
+    ``Handler/command`` :meth:`~HandlerController.master_request`.
     """
-    parts = topic.split("/")
-    if len(parts) != 4 or parts[0] != "ate":
-        raise ValueError(f"{topic}: not a handler topic")
-    device, app, leaf = parts[1], parts[2], parts[3]
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{topic}: payload is not JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{topic}: payload is not a JSON object")
-    body = obj.get("payload")
-    body = body if isinstance(body, dict) else {}
-    mtype = obj.get("type")
-    if not isinstance(mtype, str):
-        raise ValueError(f"{topic}: type: missing or not a string")
-    if (app, leaf) == ("Master", "status"):
-        state = obj.get("state", body.get("state"))
-        if not isinstance(state, str) or not state:
-            raise ValueError(f"{topic}: state: missing or not a string")
-        return "status", device, (state, _text(obj.get("message", body.get("message"))))
-    if (app, leaf) == ("Master", "response"):
-        if mtype == "error":
-            return "response", device, MasterReply(
-                "error", body, command_type=_text(obj.get("command_type")) or None,
-                response_type=_text(obj.get("response_type")) or None,
-                message=obj.get("message") if isinstance(obj.get("message"), str) else None)
-        return "response", device, MasterReply(mtype, body)
-    if (app, leaf) == ("Handler", "command"):
-        return "request", device, (mtype, body)
-    raise ValueError(f"{topic}: not a handler topic")
+
+    def __init__(self, controller: HandlerController, codecs: Mapping[str, Codec]) -> None:
+        self.controller = controller
+        self._routes: dict[str, tuple[str, Codec]] = {}
+        for device, codec in codecs.items():
+            t = codec.topics
+            for topic in (t.master_status, t.master_response, t.handler_command):
+                self._routes[topic] = (device, codec)
+
+    def received(self, topic: str, payload: bytes) -> None:
+        route = self._routes.get(topic)
+        if route is None:
+            log.error("dropped message on {topic}: not a topic of a configured master",
+                      topic=topic)
+            return
+        device, codec = route
+        try:
+            msg = codec.decode(topic, payload)
+        except ProtocolError as e:
+            log.error("dropped message: {error}", error=str(e))
+            if topic == codec.topics.master_response:
+                reason = e.reason if e.field is None else f"{e.field}: {e.reason}"
+                self.controller.master_response_malformed(device, e.command, reason)
+            return
+        if isinstance(msg, MasterStatus):
+            if not msg.state:
+                log.error("dropped message: {topic}: state: must not be empty", topic=topic)
+                return
+            self.controller.master_status(device, msg.state, msg.message or "")
+        elif isinstance(msg, _RESPONSES):
+            self.controller.master_response(device, msg)
+        elif isinstance(msg, HandlerCommand):
+            self.controller.master_request(device, msg)
+        else:  # pragma: no cover - the codec decodes these topics to nothing else
+            log.error("dropped message on {topic}: unexpected {kind}", topic=topic,
+                      kind=type(msg).__name__)
 
 
 class HandlerService(MultiService):
@@ -125,18 +151,19 @@ class HandlerService(MultiService):
         super().__init__()
         self.reactor = reactor
         self.config = config
-        topics_status = f"ate/{config.handler_id}/Handler/status"
+        codecs = handler_codecs(config.handler_id, config.device_ids)
         self.mqtt = MqttService(
             reactor, config.broker, f"handler.{config.handler_id}",
-            will=(topics_status, status_payload("crash", ""), 2),
+            will=handler_will(config.handler_id, codecs),
             subscriptions=Topics.handler_subscriptions(config.device_ids),
             on_message=self._message,
             on_connected=self._connected,
             on_disconnected=self._disconnected,
         )
         self.mqtt.setServiceParent(self)
-        self.bus = MqttBus(self.mqtt, config.handler_id)
+        self.bus = MqttBus(self.mqtt, config.handler_id, codecs)
         self.controller = HandlerController(reactor, HandlerSettings.from_config(config), self.bus)
+        self.router = HandlerRouter(self.controller, codecs)
         self.device: SimulatedHandler | None = None
         self.driver: LineDriver | None = None
         if serial is not None:
@@ -174,17 +201,4 @@ class HandlerService(MultiService):
         self.controller.mqtt_disconnected()
 
     def _message(self, topic: str, payload: bytes) -> None:
-        try:
-            kind, device, value = decode_inbound(topic, payload)
-        except ValueError as e:
-            log.error("dropped message: {error}", error=str(e))
-            return
-        if device not in self.config.device_ids:
-            log.warn("message from unconfigured master {device} on {topic}", device=device,
-                     topic=topic)
-        if kind == "status":
-            self.controller.master_status(device, *value)
-        elif kind == "response":
-            self.controller.master_response(device, value)
-        else:
-            self.controller.master_request(device, *value)
+        self.router.received(topic, payload)

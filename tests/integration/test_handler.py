@@ -20,6 +20,7 @@ from ate.handler.drivers.simulated import SimulatedHandler, SimulatedHandlerFact
 from ate.handler.machine import HandlerController, HandlerSettings
 from ate.handler.service import HandlerService
 from ate.mqtt.service import MqttService
+from ate.protocol import messages as m
 from ate.testing.broker import free_port
 
 from tests.waiting import Waiter as _Waiter
@@ -106,18 +107,17 @@ async def test_simulated_device_over_tcp_against_controller(reactor):
         def __init__(self):
             self.ctl = None
 
-        def command(self, d, type, payload):
-            reactor.callLater(0, self.answer, d, type, payload)
+        def command(self, d, msg):
+            reactor.callLater(0, self.answer, d, msg)
 
-        def answer(self, d, type, payload):
-            if type == "load":
+        def answer(self, d, msg):
+            if isinstance(msg, m.Load):
                 self.ctl.master_status(d, "ready")
-            elif type == "next":
-                from ate.handler.machine import MasterReply
-                self.ctl.master_response(d, MasterReply("next", {"sites": [
-                    dict(s, binning=1, logflag=0, additionalinfo=0) for s in payload["sites"]]}))
+            elif isinstance(msg, m.Next):
+                self.ctl.master_response(d, m.NextResponse(tuple(
+                    m.NextResult(s.siteid, s.partid, 1, 0, 0) for s in msg.sites)))
                 self.ctl.master_status(d, "ready")
-            elif type == "unload":
+            elif isinstance(msg, m.Unload):
                 self.ctl.master_status(d, "initialized")
 
         def handler_status(self, state, message):
@@ -148,7 +148,7 @@ async def test_simulated_device_over_tcp_against_controller(reactor):
         assert device.parts_tested == 6
         assert [b for _, _, b in device.results] == [1] * 6
         assert device.errors == [] and device.bad_lines == 0
-        ctl.master_request(A, "identify", {})   # becomes ID? and the device answers
+        ctl.master_request(A, m.HandlerCommand("identify", {}))  # ID?, and the device answers
         await waiter.until(lambda: ctl.status().device_name == "SIM-HANDLER", reactor)
     finally:
         device.stop()

@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from twisted.internet.task import Clock
 
 from ate.handler import lineproto as lp
 from ate.handler.drivers.simulated import InProcessLink, SimulatedHandler
-from ate.handler.machine import HandlerController, HandlerSettings, MasterReply
+from ate.handler.machine import HandlerController, HandlerSettings
+from ate.protocol.messages import (
+    Codec,
+    ErrorResponse,
+    GetStateResponse,
+    HandlerCommand,
+    HandlerResponse,
+    IdentifyResponse,
+    NextResponse,
+    NextResult,
+)
 
 A, B = "SCT-A", "SCT-B"
 LAYOUT = ((0, 0), (1, 0))
 
 
+def wire(device_id, msg):
+    """``(type, payload)`` of a command as the handler publishes it (the codec's JSON)."""
+    topic, payload = Codec(device_id, ()).encode(msg)
+    assert topic == f"ate/{device_id}/Master/cmd"
+    obj = json.loads(payload)
+    return obj["type"], obj["payload"]
+
+
+def next_reply(sites):
+    """A ``next`` response from the entries (dicts) of its payload."""
+    return NextResponse(tuple(NextResult(**s) for s in sites))
+
+
 class FakeBus:
-    """Records every MQTT publication as a tuple."""
+    """Records every MQTT publication as a tuple (commands as their wire JSON)."""
 
     def __init__(self):
         self.events = []
 
-    def command(self, device_id, type, payload):
-        self.events.append(("cmd", device_id, type, payload))
+    def command(self, device_id, msg):
+        self.events.append(("cmd", device_id, *wire(device_id, msg)))
 
     def handler_status(self, state, message):
         self.events.append(("status", state, message))
 
-    def handler_response(self, payload):
-        self.events.append(("response", payload))
+    def handler_response(self, msg):
+        self.events.append(("response", msg))
 
     def commands(self, type=None):
         return [e[1:] for e in self.events if e[0] == "cmd" and (type is None or e[2] == type)]
@@ -60,14 +85,13 @@ def st(*sites):
 
 
 def next_response(*entries):
-    return MasterReply("next", {"sites": [
-        {"siteid": s, "partid": p, "binning": b, "logflag": 0, "additionalinfo": 0}
-        for s, p, b in entries]})
+    return NextResponse(tuple(NextResult(s, p, b, 0, 0) for s, p, b in entries))
 
 
 def error_reply(command, rtype, message=None, state="ready"):
-    return MasterReply("error", {"command": command, "message": message or "x"},
-                       command_type=command, response_type=rtype, message=message)
+    """An error response (4.2); ``message`` ``None``: the refusal's own text, which only
+    an ``error`` one puts on the line."""
+    return ErrorResponse(command, rtype, state, message or f"{command} refused")
 
 
 def to_initialized(ctl, devices=(A,)):
@@ -346,11 +370,10 @@ def test_ts_query_in_softerror_answers_message():
     to_initialized(ctl)
     ctl.line_request(lp.StateQuery())
     assert bus.commands("get-state") == [(A, "get-state", {})]
-    ctl.master_response(A, MasterReply("get-state", {"state": "softerror",
-                                                     "message": "site 1 crashed"}))
+    ctl.master_response(A, GetStateResponse("softerror", "site 1 crashed"))
     assert line.lines == [lp.frame(["TS", "-1", "site 1 crashed"])]
     ctl.line_request(lp.StateQuery())
-    ctl.master_response(A, MasterReply("get-state", {"state": "ready", "message": ""}))
+    ctl.master_response(A, GetStateResponse("ready", ""))
     assert line.lines[-1] == "TS|0|OK|229"
 
 
@@ -358,7 +381,7 @@ def test_id_query_and_timeout():
     ctl, clock, bus, line = make()
     to_initialized(ctl)
     ctl.line_request(lp.IdentifyQuery())
-    ctl.master_response(A, MasterReply("identify", {"name": "SCT-81-1F"}))
+    ctl.master_response(A, IdentifyResponse("SCT-81-1F"))
     assert line.lines == ["ID|SCT-81-1F|169"]
     ctl.line_request(lp.IdentifyQuery())
     clock.advance(15)
@@ -381,14 +404,15 @@ def test_device_replies_are_kept_locally():
     snap = ctl.status()
     assert (snap.device_state, snap.device_name) == ("0 ok", "HTO92-20F")
     ctl.line_request(lp.Temperature(25.0, "25.0"))
-    assert bus.events == [("response", {"type": "temperature", "payload": {"temperature": 25.0}})]
+    assert bus.events == [("response", HandlerResponse({"temperature": 25.0}))]
 
 
 def test_master_requests_become_lines():
     ctl, clock, bus, line = make()
-    ctl.master_request(A, "identify", {})
-    ctl.master_request(A, "get-state", {})
-    ctl.master_request(A, "temperature", {})
+    ctl.master_request(A, HandlerCommand("identify", {}))
+    ctl.master_request(A, HandlerCommand("get-state", {}))
+    ctl.master_request(A, HandlerCommand("temperature", {}))
+    ctl.master_request(A, HandlerCommand("identify", {"x": 1}))
     assert line.lines == ["ID?|072", "HS?|086"]
 
 
@@ -572,7 +596,8 @@ class AutoMasters:
         self.events = []
         self.n = 0
 
-    def command(self, device_id, type, payload):
+    def command(self, device_id, msg):
+        type, payload = wire(device_id, msg)
         self.events.append(("cmd", device_id, type))
         self.clock.callLater(0, self._answer, device_id, type, payload)
 
@@ -594,7 +619,7 @@ class AutoMasters:
                 sites.append({"siteid": s["siteid"], "partid": s["partid"],
                               "binning": self.bins[self.n % len(self.bins)],
                               "logflag": 0, "additionalinfo": 0})
-            self.ctl.master_response(d, MasterReply("next", {"sites": sites}))
+            self.ctl.master_response(d, next_reply(sites))
             self.ctl.master_status(d, "ready")
         elif type == "unload":
             self.ctl.master_status(d, "unloading")

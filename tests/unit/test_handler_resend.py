@@ -8,15 +8,17 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from ate.handler import lineproto as lp
-from ate.handler.machine import MAX_RESENDS, HandlerController, HandlerSettings, MasterReply
+from ate.handler.machine import MAX_RESENDS, HandlerController, HandlerSettings
+from ate.protocol.messages import ErrorResponse, GetStateResponse
 
-from test_handler_machine import A, B, LAYOUT, FakeBus, FakeLine, make, next_response, st, to_ready
+from test_handler_machine import (A, B, LAYOUT, FakeBus, FakeLine, make, next_reply,
+                                  next_response, st, to_ready, wire)
 
 MAP = ((A, "0"), (B, "0"))
 
 
 def get_state(state):
-    return MasterReply("get-state", {"state": state, "message": ""})
+    return GetStateResponse(state, "")
 
 
 def warnings(logged):
@@ -175,7 +177,8 @@ class AteMaster:
         self.refused = 0
         self.lose = 0
 
-    def command(self, device_id, type, payload):
+    def command(self, device_id, msg):
+        type, payload = wire(device_id, msg)
         if type == "next" and self.lose:
             self.lose -= 1
             return
@@ -199,13 +202,13 @@ class AteMaster:
             pass  # the resend of the part under test
         elif type == "next":
             self.refused += 1
-            self.ctl.master_response(self.device, MasterReply(
-                "error", {}, command_type="next", response_type="busy", message="busy"))
+            self.ctl.master_response(self.device, ErrorResponse(
+                "next", "busy", self.state, "next refused: busy testing"))
 
     def _done(self):
         self.state = "ready"
         sites = [dict(s, binning=1, logflag=0, additionalinfo=0) for s in self.request["sites"]]
-        self.ctl.master_response(self.device, MasterReply("next", {"sites": sites}))
+        self.ctl.master_response(self.device, next_reply(sites))
         self.ctl.master_status(self.device, "ready")
 
     def reconnected(self):
@@ -272,7 +275,7 @@ def test_a_healthy_lot_never_resends_nor_asks():
     master.ctl = ctl
     sent = []
     real = master.command
-    master.command = lambda d, t, p: (sent.append(t), real(d, t, p))
+    master.command = lambda d, msg: (sent.append(wire(d, msg)[0]), real(d, msg))
     ctl.mqtt_connected()
     ctl.master_status(A, "initialized")
     ctl.line_request(lp.LoadLot("306426.001", "HS2C", "25"))
