@@ -97,11 +97,8 @@ class SimulatedHandler:
         self.phase = "stopped"
 
     def disable_site(self, index: int) -> None:
+        """The operator takes site ``index`` out: later ``ST`` lines leave it disabled."""
         self.enabled.discard(index)
-
-    def enable_site(self, index: int) -> None:
-        if 0 <= index < self.sites:
-            self.enabled.add(index)
 
     def wait_parts(self, count: int) -> Deferred[None]:
         """Fires once ``parts_tested >= count``."""
@@ -110,10 +107,6 @@ class SimulatedHandler:
     def wait_lots(self, count: int) -> Deferred[None]:
         """Fires once ``lots_done >= count``."""
         return self._wait(lambda: self.lots_done >= count)
-
-    def wait_errors(self, count: int) -> Deferred[None]:
-        """Fires once ``len(errors) >= count``."""
-        return self._wait(lambda: len(self.errors) >= count)
 
     def _wait(self, predicate: Callable[[], bool]) -> Deferred[None]:
         d: Deferred[None] = Deferred()
