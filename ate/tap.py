@@ -237,10 +237,18 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
         return deferToThreadPool(reactor, pool, f, *args)
 
     top = MultiService()
-    holder: dict[str, Any] = {}
 
+    # The one cycle of the wiring: MQTT delivers to the router and the cell, which publish
+    # through MQTT.  The callbacks name ``router`` and ``cell``, built just below in this
+    # same pass; MQTT calls them only once the reactor runs.
     def on_message(topic: str, payload: bytes) -> None:
-        holder["router"].received(topic, payload)
+        router.received(topic, payload)
+
+    def on_connected() -> None:
+        cell.mqtt_connected()
+
+    def on_disconnected() -> None:
+        cell.mqtt_disconnected()
 
     codec = m.Codec(cfg.device_id, cfg.sites, cfg.handler_id)
     will_topic, will_payload = codec.encode(m.MasterStatus(state="crash", message=""))
@@ -250,19 +258,18 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
         subscriptions=[(topic, cfg.mqtt.subscribe_qos)
                        for topic, _qos in codec.topics.master_subscriptions(cfg.peripherals)],
         on_message=on_message,
-        on_connected=lambda: holder["cell"].mqtt_connected(),
-        on_disconnected=lambda: holder["cell"].mqtt_disconnected(),
+        on_connected=on_connected,
+        on_disconnected=on_disconnected,
     )
     cell = Cell(
         cfg, reactor, mqtt,
         job_source=job_source_from_config(cfg),
         settings=UserSettings(cfg.user_settings_filepath),
         logs=logs,
+        log_file=writer,
         run_in_thread=run_in_thread,
     )
-    cell.log_file = writer
-    holder["cell"] = cell
-    holder["router"] = Router(cell)
+    router = Router(cell)
     mqtt.setName("mqtt")
     mqtt.setServiceParent(top)  # started first, stopped last
     master = MasterService(cell, reactor, announce=announce)

@@ -217,6 +217,10 @@ def timer_kind(state: Any) -> str:
 
 def _reason(command: str, rtype: str, state: Any) -> Callable[[MasterCore], str]:
     external = _ext(state)
+    if command == "usersettings":
+        return lambda core: f"usersettings refused: not allowed in {external}"
+    if command == "binMap":
+        return lambda core: f"binMap refused: allowed in ready only (state {external})"
     if rtype == "busy":
         return lambda core: f"{command} refused: master is busy ({external})"
     if rtype == "havelot":
@@ -225,10 +229,6 @@ def _reason(command: str, rtype: str, state: Any) -> Callable[[MasterCore], str]
         return lambda core: f"{command} refused: a lot is already loaded (ready)"
     if rtype == "notlot":
         return lambda core: f"{command} refused: no lot is loaded"
-    if command == "usersettings":
-        return lambda core: f"usersettings refused: not allowed in {external}"
-    if command == "binMap":
-        return lambda core: f"binMap refused: allowed in ready only (state {external})"
     if external == "connecting":
         return lambda core: f"{command} refused: no tester available: master is connecting"
     if external in ("softerror", "error"):
@@ -286,7 +286,9 @@ def refusal_type(command: str, external_state: str) -> str | None:
     None when it is accepted there (so an ``error`` refusal is about the input), else the
     response type.  An external state whose internal states disagree counts as refusing
     (``reset`` in ``connecting``: refused before the broker is connected)."""
-    table = _MATRIX[command]
+    table = _MATRIX.get(command)
+    if table is None:
+        return None
     rtypes = [table.get(s) for s in ALL_STATES if _ext(s) == external_state]
     if command == "next" and external_state == "testing":
         return "busy"

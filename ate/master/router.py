@@ -2,7 +2,8 @@
 
 Decodes every payload with the protocol codec, drops our own echoes, logs and counts bad
 input, answers malformed handler commands with an error response, and calls exactly one
-cell input per message.
+cell input per message.  It uses only the cell's public inputs (``knows_control_state``
+for the echo skip, ``answer_bad_command`` for a malformed handler command).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Router:
         """paho's on_message, on the reactor thread."""
         echo = self._echoes.get(topic)
         if echo is not None and echo[0] == payload and \
-                self.cell.tracker.control_state(echo[1]) == echo[2]:
+                self.cell.knows_control_state(echo[1], echo[2]):
             # Control apps re-publish their state on every Master/status (protocol §2.5):
             # the same bytes while the master still knows that state are a no-op
             return
@@ -77,7 +78,7 @@ class Router:
             return
         if type(msg) is m.ControlStatus:
             self._control_status(msg)
-            if self.cell.tracker.control_state(msg.site) == msg.state:
+            if self.cell.knows_control_state(msg.site, msg.state):
                 self._echoes[topic] = (payload, msg.site, msg.state)
             return
         if type(msg) is m.TestResult:  # the hot path; its size bounds what the UI keeps
@@ -127,9 +128,8 @@ class Router:
         if error.command is not None and error.topic.endswith("/Master/cmd"):
             # a handler command we could not accept: answer it, change nothing
             where = f"{error.field}: " if error.field else ""
-            response = cell.command_error(error.command,
-                                          f"{error.command} refused: {where}{error.reason}")
-            cell._publish(response)
+            cell.answer_bad_command(error.command,
+                                    f"{error.command} refused: {where}{error.reason}")
 
 
 def _drop(msg: Any) -> None:

@@ -2,8 +2,10 @@
 
 Commands go through the same cell inputs as the handler's MQTT commands and get the same
 refusals (protocol.md §11.1, §4.3): ``notlot``, ``havelot`` and ``busy`` become HTTP 409,
-``error`` becomes 400 when the command was allowed in the current state (so the input
-was at fault, e.g. an unknown lot) and 409 otherwise.  Every error body is
+``error`` becomes 400 when the master machine accepts the command in the current state (so
+the input was at fault, e.g. an unknown lot) and 409 otherwise.  The API keeps no table of
+its own: it asks :func:`ate.master.machine.refusal_type`, and a usersettings change the
+machine refuses comes back as ``CommandRefused``.  Every error body is
 ``{"error": <code>, "message": <text>}``.  The routes are described by ``openapi.json``,
 served at ``/api/v1/openapi.json``.
 
@@ -23,6 +25,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ate.master.cell import CommandRefused
+from ate.master.machine import refusal_type
 from ate.protocol import messages as m
 from ate.web.feed import MAX_RESULTS_BYTES, encode_results, strict_json
 
@@ -32,10 +36,6 @@ __all__ = ["Api", "ApiError", "PrometheusMetrics", "MetricsResource", "OPENAPI_P
 OPENAPI_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.json")
 MAX_BODY = 1024 * 1024
 MAX_LAST = 1000
-
-#: Where a command is allowed (protocol.md §4.3); an ``error`` refusal there is bad input.
-_ALLOWED_IN = {"load": {"initialized"}, "next": {"ready"}}
-_SETTINGS_STATES = ("initialized", "ready")
 
 
 class ApiError(Exception):
@@ -50,8 +50,8 @@ class ApiError(Exception):
 
 def http_status_for_refusal(response: Any) -> int:
     """HTTP status of a cell ``ErrorResponse``: 409 for state conflicts, 400 for bad input."""
-    if response.response_type == "error" and response.state in _ALLOWED_IN.get(
-            response.command_type, ()):
+    if response.response_type == "error" and refusal_type(
+            response.command_type, response.state) is None:
         return 400
     return 409
 
@@ -256,14 +256,14 @@ class Api:
             raise ApiError(400, "bad-request",
                            "body must be {\"testoptions\": [{name, active, value}, ...]} "
                            "or a list of settings")
-        state = self._state()
-        if state not in _SETTINGS_STATES:
-            raise ApiError(409, "busy" if state in ("loading", "testing", "unloading")
-                           else "error",
-                           f"usersettings refused: not allowed in {state}")
         try:
             self.cell.update_settings(items)
+        except CommandRefused as e:  # the master machine refuses it in this state
+            raise ApiError(409, e.refusal.response_type, e.refusal.message) from None
         except ValueError as e:
+            rtype = refusal_type("usersettings", self._state())
+            if rtype is not None:  # a cell that refuses by state without CommandRefused
+                raise ApiError(409, rtype, str(e)) from None
             raise ApiError(400, "invalid", str(e)) from None
         return _send(request, self.cell.usersettings())
 

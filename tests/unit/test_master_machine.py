@@ -591,3 +591,44 @@ def test_unwritable_stdf_directory_refuses_the_load(tmp_path):
     [err] = h.responses(h.pub.take())
     assert err["response_type"] == "error" and "cannot create the datalog" in err["message"]
     assert h.state == "initialized"
+
+
+# -- the machine decides for the web API (issue 12 item 3) --------------------------------
+
+
+def test_usersettings_and_binmap_refusals_come_from_the_machine(tmp_path):
+    from ate.master.cell import CommandRefused
+
+    h = Harness(tmp_path)
+    h.to_testing()
+    with pytest.raises(CommandRefused) as e:
+        h.cell.update_settings([])
+    assert (e.value.refusal.response_type, str(e.value)) == (
+        "busy", "usersettings refused: not allowed in testing")
+    with pytest.raises(CommandRefused) as e:
+        h.cell.bin_map(1, 1)
+    assert str(e.value) == "binMap refused: allowed in ready only (state testing)"
+    assert isinstance(e.value, ValueError)  # the feed's refusal path catches ValueError
+
+
+def test_http_status_of_real_cell_refusals(tmp_path):
+    from ate.protocol import messages as m
+    from ate.web.api import http_status_for_refusal
+
+    h = Harness(tmp_path)
+    h.to_initialized()
+    unknown = h.cell.command(m.Load(lot_number="999999.001"), "api")
+    assert (unknown.response_type, http_status_for_refusal(unknown)) == ("error", 400)
+    h.to_softerror()
+    refused = h.cell.command(m.Load(lot_number=LOT), "api")
+    assert (refused.response_type, refused.state, http_status_for_refusal(refused)) == (
+        "error", "softerror", 409)
+
+
+def test_cell_snapshot_is_the_machine_status(tmp_path):
+    h = Harness(tmp_path)
+    for step in (h.to_testing, lambda: h.testapp("0", "testing")):
+        step()
+        status, snapshot = h.cell.machine.status(), h.cell.status()
+        assert (snapshot["state"], snapshot["internal_state"], snapshot["error_message"]) == (
+            status.state, status.internal, status.message)
