@@ -167,6 +167,12 @@ class ReactorPaho:
         self._refusing: dict | None = None  # the oversized packet being dropped
         self._pahoRecv = client._sock_recv
         client._sock_recv = self._sockRecv
+        # paho 2.x marks every unacked message for sending at the next CONNACK without
+        # counting them against the in-flight window, so after a reconnect with more than
+        # WINDOW of them it floods the broker (mosquitto drops the connection again, or
+        # acks and drops the messages): keep the window, the rest queued.
+        self._pahoResetOut = client._messages_reconnect_reset_out
+        client._messages_reconnect_reset_out = self._resetOut
         # paho leaves the TLS socket of a failed handshake unclosed (a ResourceWarning and
         # an fd until the garbage collector finds it): keep the last one to close it.
         self._tlsSocket: Any = None
@@ -425,6 +431,27 @@ class ReactorPaho:
         stub = bytes(head[:state["need"]]) + _REFUSED
         packet["to_process"] = len(stub)
         return stub
+
+    def _resetOut(self) -> None:
+        """paho's reconnect reset of outgoing messages, within the in-flight window.
+
+        QoS 0 messages still unwritten are dropped (the service has already failed them
+        with MqttNotConnected); of the QoS 1/2 ones, the first C{max_inflight} go out
+        after the CONNACK and the others wait, queued, for acks (paho's C{_update_inflight}).
+        """
+        self._pahoResetOut()
+        client = self.client
+        window = client._max_inflight_messages
+        out = client._out_messages
+        inflight = 0
+        for mid, m in list(out.items()):
+            if m.qos == 0:
+                del out[mid]
+            elif m.state == paho.mqtt_ms_publish:
+                if window and inflight >= window:
+                    m.state = paho.mqtt_ms_queued
+                else:
+                    inflight += 1
 
     def _doWrite(self) -> None:
         sock = self.client.socket()

@@ -187,3 +187,37 @@ async def test_no_will_after_clean_stop_and_final_publish_acked(reactor, mosquit
     await watcher.until(lambda: (WILL[0], b"marker") in watcher.messages)
     assert watcher.messages == [(WILL[0], b"master stopped"), (WILL[0], b"marker")]
     await watcher.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_more_than_a_window_of_qos2_pending_across_a_reconnect_all_delivered(
+        reactor, mosquitto, link):
+    """Publishes beyond the in-flight window (20) are queued in the link; after a connection
+    drop the link resends within its window again: every message acked and delivered
+    (a resent one may come twice), one reconnect."""
+    receiver = Client(reactor, mosquitto, "it.window.rx", client=link,
+                      subscriptions=[("ate/IT/window", 2)])
+    sender = Client(reactor, mosquitto, "it.window.tx", client=link)
+    await receiver.start()
+    await sender.start()
+    try:
+        n = 300
+        acked = []
+
+        def one_acked(_):
+            acked.append(1)
+            if len(acked) == 50:
+                sender.service._link.abort()  # 250 unacked: 20 in flight, 230 queued
+
+        acks = [sender.service.publish("ate/IT/window", str(i).encode(), 2)
+                .addCallback(one_acked) for i in range(n)]
+        for d in acks:
+            await d.addTimeout(TIMEOUT, reactor)
+        await receiver.until(lambda: len({p for _, p in receiver.messages}) == n)
+        got = [int(p) for _, p in receiver.messages]
+        assert sorted(set(got)) == list(range(n))
+        assert len(got) - n <= 20  # only the window in flight at the drop may come twice
+        assert sender.service.reconnects == 1
+    finally:
+        await sender.stop()
+        await receiver.stop()
