@@ -159,20 +159,20 @@ class ReactorPaho:
         self._wbuf = bytearray()
         self._gathering = False
         self._pahoSend = client._sock_send
-        client._sock_send = self._sockSend
+        client._sock_send = self._sockSend  # type: ignore[method-assign]
         # The packet size cap: paho reads each packet body through _sock_recv.
         self._maxPacket = DEFAULT_MAX_PACKET
         #: PUBLISH packets refused for being larger than max_packet_size.
         self.refused_packets = 0
         self._refusing: dict | None = None  # the oversized packet being dropped
         self._pahoRecv = client._sock_recv
-        client._sock_recv = self._sockRecv
+        client._sock_recv = self._sockRecv  # type: ignore[method-assign]
         # paho 2.x marks every unacked message for sending at the next CONNACK without
         # counting them against the in-flight window, so after a reconnect with more than
         # WINDOW of them it floods the broker (mosquitto drops the connection again, or
         # acks and drops the messages): keep the window, the rest queued.
         self._pahoResetOut = client._messages_reconnect_reset_out
-        client._messages_reconnect_reset_out = self._resetOut
+        client._messages_reconnect_reset_out = self._resetOut  # type: ignore[method-assign]
         # paho leaves the TLS socket of a failed handshake unclosed (a ResourceWarning and
         # an fd until the garbage collector finds it): keep the last one to close it.
         self._tlsSocket: Any = None
@@ -184,7 +184,7 @@ class ReactorPaho:
                 self._tlsSocket = wrap(*args, **kw)
                 return self._tlsSocket
 
-            context.wrap_socket = wrapSocket
+            context.wrap_socket = wrapSocket  # type: ignore[method-assign]
 
         client.suppress_exceptions = True
         client.on_socket_open = self._guard("on_socket_open", self._socketOpened)
@@ -280,7 +280,7 @@ class ReactorPaho:
         The socket is shut down; paho notices the EOF on its next read and
         reports the loss as usual.
         """
-        sock = self.client.socket()
+        sock: Any = self.client.socket()
         if sock is None:
             return
         try:
@@ -385,7 +385,7 @@ class ReactorPaho:
         self._refusing = None
         return self._pahoRecv(bufsize)
 
-    def _dropOversized(self, packet: dict) -> bytes:
+    def _dropOversized(self, packet: Any) -> bytes:
         """Read the body of the oversized packet paho is at and drop it; once all of it
         is read, return the stand-in PUBLISH body (see the module docstring).  Raises
         BlockingIOError (paho: try again later) while bytes are still to come."""

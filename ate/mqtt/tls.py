@@ -29,12 +29,13 @@ def tls_connection_creator(options: Any) -> Any:
         blocks = [block + end for block in pem.split(end) if "-----BEGIN CERTIFICATE-----" in block]
         if not blocks:
             raise ValueError(f"tls_ca {options.tls_ca!r}: no PEM certificate found")
-        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+        trust = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(b.encode("ascii")) for b in blocks])
     client = None
     if options.tls_cert:
         cert = _read(options.tls_cert)
         key = _read(options.tls_key) if options.tls_key else cert
-        client = ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
+        client = ssl.PrivateCertificate.loadPEM((cert + "\n" + key).encode("ascii"))
     if options.tls_insecure:
         extra: dict[str, Any] = {}
         if client is not None:

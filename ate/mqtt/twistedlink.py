@@ -58,7 +58,7 @@ from typing import Any, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -110,7 +110,7 @@ class _Connection(Protocol):
                 link.log.failure("MQTT link: reading failed; dropping the connection")
                 link._protocolError(self, "internal error while reading")
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         link, self.link = self.link, None
         if link is not None:
             link._connectionLost(self, reason)
@@ -287,7 +287,7 @@ class TwistedLink:
         return endpoint
 
     def _connectionMade(self, conn: _Connection) -> None:
-        transport = conn.transport
+        transport: Any = conn.transport
         try:
             transport.setTcpNoDelay(True)
         except Exception:  # not a TCP transport (tests, unix sockets)
