@@ -3,7 +3,7 @@
 
     python bench/cycle.py [--sites 1,4,16,64] [--cycles 2000] [--rss-parts 100000]
                           [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
-                          [--max-inflight N]
+                          [--max-inflight N] [--link twisted|paho|twisted-mqtt]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
@@ -19,6 +19,12 @@ losses of): ``--persistence`` (mosquitto ``persistence true``; ``every-change`` 
 ``autosave_on_changes true`` and ``autosave_interval 1``), ``--max-inflight`` (mosquitto
 ``max_inflight_messages``) and ``--subscribe-qos`` (the master's ``mqtt_subscribe_qos``;
 the floor relay keeps its own).  Both targets run on the same broker settings.
+
+``--link`` is the master's MQTT link (its ``mqtt_client``; default: the config default,
+``twisted``, our own): ``twisted``, ``paho`` (paho-mqtt on the reactor), or
+``twisted-mqtt`` (the PyPI package through bench/twisted_mqtt_link.py; run this script
+with a Python that has it installed).  The simulated sites and the handler keep the
+default link, so only the master's link changes between runs.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, ROOT)
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 
 from ate.config import sim_config_from_dict  # noqa: E402
+from ate.mqtt.link import DEFAULT_LINK, LINKS  # noqa: E402
 from ate.sim.sites import SimSitesService  # noqa: E402
 from ate.testing.broker import Mosquitto, free_port  # noqa: E402
 from ate.testing.peers import HandlerClient  # noqa: E402
@@ -92,7 +99,8 @@ def spawn_floor(broker: Mosquitto, n: int):
     return pp, t
 
 
-def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | None = None):
+def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | None = None,
+                 link: str = DEFAULT_LINK):
     jobs = os.path.join(workdir, "jobs")
     os.makedirs(jobs, exist_ok=True)
     shutil.copy(FIXTURE, os.path.join(jobs, "le306426001.xml"))
@@ -104,6 +112,7 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
         "filesystemdatasource_jobpattern": "le#jobname#.xml", "enable_timeouts": True,
         "site_layout": [[i, 0] for i in range(n)], "loglevel": 30,
         "stdf_directory": workdir, "log_directory": os.path.join(workdir, "log"),
+        "mqtt_client": link if link in LINKS else DEFAULT_LINK,
         **(master_extra or {}),
     }
     path = os.path.join(workdir, f"master{n}.json")
@@ -112,7 +121,11 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
     pp = _Proc()
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT
-    args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+    boot = "from twisted.scripts.twistd import run; run()"
+    if link == "twisted-mqtt":  # the master's MqttService on bench/twisted_mqtt_link.py
+        boot = (f"import sys; sys.path.insert(0, {HERE!r}); import twisted_mqtt_link; "
+                f"twisted_mqtt_link.install(); {boot}")
+    args = [sys.executable, "-c", boot, "-n",
             "--pidfile=", "-l", os.path.join(workdir, f"twistd{n}.log")]
     if os.environ.get("ATE_BENCH_PROFILE"):  # cProfile the master: a .prof file per run
         args += ["--profile", f"{os.environ['ATE_BENCH_PROFILE']}.{n}", "--profiler",
@@ -123,7 +136,8 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
 
 
 async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir: str,
-                     rss_marks: tuple[int, ...] = (), master_extra: dict | None = None) -> dict:
+                     rss_marks: tuple[int, ...] = (), master_extra: dict | None = None,
+                     link: str = DEFAULT_LINK) -> dict:
     sim_cfg = sim_config_from_dict({
         "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
         "sites": [str(i) for i in range(n)], "test_time": 0.0, "ptr_count": 5,
@@ -135,7 +149,7 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
     await sim.mqtt.whenConnected()
     up = handler.wait_state("initialized", 60)
     pp, transport = (spawn_floor(broker, n) if kind == "floor"
-                     else spawn_master(broker, n, workdir, master_extra))
+                     else spawn_master(broker, n, workdir, master_extra, link))
     pid = transport.pid
     result: dict = {"kind": kind, "sites": n}
     try:
@@ -205,8 +219,8 @@ async def main(args) -> None:
     master_extra = {} if args.subscribe_qos is None else {"mqtt_subscribe_qos": args.subscribe_qos}
     broker = Mosquitto(extra_config=extra)
     broker.start()
-    print(f"broker: {', '.join(extra) or 'defaults'}; master: "
-          f"{', '.join(f'{k} {v}' for k, v in master_extra.items()) or 'defaults'}", flush=True)
+    print(f"broker: {', '.join(extra) or 'defaults'}; master: link {args.link}"
+          f"{''.join(f', {k} {v}' for k, v in master_extra.items())}", flush=True)
     workdir = tempfile.mkdtemp(prefix="ate-bench-")
     rows = []
     try:
@@ -216,7 +230,8 @@ async def main(args) -> None:
                 marks = tuple(args.rss_parts) if (kind == "master" and n == 4) else ()
                 if kind == "floor" and n == 4 and args.rss_floor:
                     marks = tuple(args.rss_parts)
-                r = await run_target(kind, broker, n, cycles, workdir, marks, master_extra)
+                r = await run_target(kind, broker, n, cycles, workdir, marks, master_extra,
+                                     args.link)
                 rows.append(r)
                 print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
                       f"{r['parts_s']:.0f} parts/s  cpu {r['cpu_ms']:.3f} ms/cycle  "
@@ -262,6 +277,8 @@ def parse(argv=None):
                    help="mosquitto max_inflight_messages (its default is 20)")
     p.add_argument("--subscribe-qos", type=int, choices=(0, 1, 2), default=None,
                    help="the master's mqtt_subscribe_qos (default: the master's default)")
+    p.add_argument("--link", choices=(*LINKS, "twisted-mqtt"), default=DEFAULT_LINK,
+                   help=f"the master's MQTT link (default: {DEFAULT_LINK}, the config default)")
     return p.parse_args(argv)
 
 
