@@ -33,7 +33,7 @@ from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IReactorTime
 
 from ate.jobs.model import Job
-from ate.master.part import PartInputs, PhaseTimer, arm, timeout_text
+from ate.master.part import PartInputs, PhaseTimer, arm, index_transitions, timeout_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,4 +589,4 @@ for _name, _input in _EVENTS.items():
         if _state not in _HANDLED[_name]:
             _loop(_state, _input, _ignore(_name, _state.name))
 
-MasterMachine = builder.build()
+MasterMachine = index_transitions(builder.build())

@@ -72,6 +72,28 @@ def arm(clock: IReactorTime, timeouts: Any, enabled: bool, kind: str,
     return PhaseTimer(kind, clock.callLater(getattr(timeouts, kind), expired))
 
 
+def index_transitions(machine: Any) -> Any:
+    """Look transitions up in a dict instead of Automat's scan of all of them.
+
+    Automat (25.4) finds the transition of an input by comparing the (state, input) pair with
+    every transition of the machine, so each input costs O(states x inputs); the master
+    machine lists every input in every state, and the handler's ``next`` runs several
+    inputs.  A built machine's table never changes, so it is indexed once; a pair that is
+    not in it still goes to Automat (``NoTransition``).  Returns ``machine``."""
+    automaton = machine.__automat_automaton__
+    scan = automaton.outputForInput
+    table = {(i, sym): (o, tuple(outs)) for (i, sym, o, outs) in automaton._transitions}
+
+    def output_for_input(in_state: Any, input_symbol: Any) -> tuple[Any, list[Any]]:
+        found = table.get((in_state, input_symbol))
+        if found is None:
+            return scan(in_state, input_symbol)
+        return found[0], list(found[1])
+
+    automaton.outputForInput = output_for_input
+    return machine
+
+
 class PartInputs(Protocol):
     def start(self) -> None: ...
     def acknowledged(self) -> None: ...
@@ -233,4 +255,4 @@ for _ename, _input in _EVENTS.items():
         else:
             _state.upon(_input, nodata=True).loop()(_ignore(_ename, _state.name))
 
-PartMachine = builder.build()
+PartMachine = index_transitions(builder.build())

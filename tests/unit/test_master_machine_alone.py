@@ -592,3 +592,19 @@ def test_timer_texts_are_the_reference_texts():
     assert pm.timeout_text("reset", ["0"]) == \
         "not all sites do report state idle after reset (missing: 0)"
     assert set(pm.TIMER_TEXT) == {"startup", "reset", "load", "next_ack", "test", "unload"}
+
+
+@pytest.mark.parametrize("machine", [MasterMachine, PartMachine])
+def test_the_transition_index_answers_as_automat_does(machine):
+    from automat import NoTransition
+    from automat._core import Automaton
+
+    automaton = machine.__automat_automaton__
+    transitions = automaton._transitions
+    assert len(transitions) > 20
+    for in_state, symbol, out_state, outputs in transitions:
+        assert automaton.outputForInput(in_state, symbol) == \
+            Automaton.outputForInput(automaton, in_state, symbol) == \
+            (out_state, list(outputs))
+    with pytest.raises(NoTransition):
+        automaton.outputForInput(object(), "no-such-input")
