@@ -30,10 +30,10 @@ from ate.master.part import PartCore, PartMachine
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
 from ate.master.settings import SettingsError, UserSettings
 from ate.master.sites import SiteTracker
+from ate.protocol import LOG_LEVELS
 from ate.protocol import messages as m
 from ate.stdf.sink import Datalog
 
-LOG_LEVELS = (10, 20, 30, 40)
 
 # a bounded repr of a payload for a log line (a result can be megabytes)
 _REPR = reprlib.Repr()

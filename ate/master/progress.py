@@ -8,7 +8,7 @@
   (10) one INFO line saying which sites it still waits for and what each last reported,
   or that the broker is not connected yet.  Driven by the injected clock.
 
-Both use only the cell's public API (``subscribe``, ``status()``, ``tracker.missing()``).
+Both use only the cell's public API (``subscribe``, ``status()``, ``missing()``).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def waiting_text(cell: Any) -> str | None:
     if not status.get("connected"):
         mqtt = cell.config.mqtt
         return f"connecting: broker {mqtt.host}:{mqtt.port} not connected yet"
-    missing = list(cell.tracker.missing())
+    missing = list(cell.missing())
     if not missing:
         return None
     states = status.get("site_states") or {}
