@@ -36,19 +36,19 @@ Only facts that are not an encoding are shared: the log levels
 (:data:`ate.protocol.LOG_LEVELS`) and the configuration's shapes and defaults
 (:mod:`ate.config`).
 
-:class:`SimSitesService` wires the core to MQTT (``ate.mqtt.MqttService``).
+:class:`SimSitesService` wires the core to MQTT (``ate.mqtt.MqttService``).  The wire
+reading and writing is in :mod:`ate.sim.wire`, the ground truth in :mod:`ate.sim.truth`;
+both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -57,6 +57,22 @@ from twisted.logger import Logger
 
 from ate.config import SIM_DEFAULTS, SimFaults
 from ate.protocol import LOG_LEVEL_NAMES, LOG_LEVELS
+from ate.sim.truth import GroundTruth, PartRecord
+from ate.sim.wire import (
+    CONTROL_STATES,
+    ControlCommand,
+    MasterStatusSeen,
+    Outbound,
+    SimInputError,
+    SiteMessage,
+    TESTAPP_WILL_PAYLOAD,
+    TestAppCommand,
+    control_status_payload,
+    control_will,
+    decode,
+    testapp_status_payload,
+    testapp_will,
+)
 
 __all__ = [
     "CONTROL_STATES",
@@ -76,216 +92,6 @@ __all__ = [
 ]
 
 log = Logger(namespace="ate.sim")
-
-CONTROL_STATES = ("idle", "loading", "busy", "resetting", "error", "crash")
-CONTROL_COMMANDS = ("loadTest", "reset", "setloglevel")
-TESTAPP_COMMANDS = (
-    "next", "terminate", "reset", "setloglevel", "getexecutionstrategy", "sethbin",
-    "setparameter",
-)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-# --------------------------------------------------------------------------------------
-# Decoded inbound messages (the sites' view of the wire)
-# --------------------------------------------------------------------------------------
-
-
-class SimInputError(ValueError):
-    """An inbound message the simulated sites cannot use; ``str()`` names topic and field."""
-
-    def __init__(self, topic: str, reason: str):
-        super().__init__(f"{topic}: {reason}")
-        self.topic = topic
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ControlCommand:
-    """A command on ``~/Control/cmd`` (protocol 2.4)."""
-
-    command: str
-    sites: tuple[str, ...]
-    fields: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-
-@dataclass(frozen=True)
-class TestAppCommand:
-    """A command on ``~/TestApp/cmd`` (protocol 2.6)."""
-
-    __test__ = False  # not a pytest test class
-
-    command: str
-    sites: tuple[str, ...]
-    fields: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-
-@dataclass(frozen=True)
-class MasterStatusSeen:
-    """A ``~/Master/status`` message; the Control apps echo their state on each one."""
-
-    state: str | None
-
-
-SiteMessage = ControlCommand | TestAppCommand | MasterStatusSeen
-
-
-def decode(device_id: str, topic: str, payload: bytes) -> SiteMessage | None:
-    """Decode one inbound MQTT message for the simulated sites.
-
-    Returns ``None`` for topics the sites do not listen to.  Raises
-    :class:`SimInputError` naming the problem for anything malformed or unknown.
-    """
-    prefix = f"ate/{device_id}/"
-    if not topic.startswith(prefix):
-        return None
-    sub = topic[len(prefix):]
-    if sub not in ("Control/cmd", "TestApp/cmd", "Master/status"):
-        return None
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SimInputError(topic, "payload is not UTF-8") from None
-    try:
-        obj = json.loads(text)
-    except ValueError as e:
-        raise SimInputError(topic, f"payload is not JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise SimInputError(topic, f"payload is {type(obj).__name__}, expected a JSON object")
-
-    if sub == "Master/status":
-        state = obj.get("state")
-        inner = obj.get("payload")
-        if state is None and isinstance(inner, dict):
-            state = inner.get("state")
-        return MasterStatusSeen(state if isinstance(state, str) else None)
-
-    if obj.get("type") != "cmd":
-        raise SimInputError(topic, f"type is {obj.get('type')!r}, expected 'cmd'")
-    command = obj.get("command")
-    if not isinstance(command, str):
-        raise SimInputError(topic, "command missing or not a string")
-    known = CONTROL_COMMANDS if sub == "Control/cmd" else TESTAPP_COMMANDS
-    if command not in known:
-        raise SimInputError(topic, f"unknown command {command!r}")
-    raw_sites = obj.get("sites")
-    if not isinstance(raw_sites, list):
-        raise SimInputError(topic, f"{command}: sites missing or not a list")
-    sites: list[str] = []
-    for s in raw_sites:
-        if isinstance(s, bool) or not isinstance(s, (str, int)):
-            raise SimInputError(topic, f"{command}: site id {s!r} is not a string")
-        sites.append(str(s))
-    fields = {k: v for k, v in obj.items() if k not in ("type", "command", "sites")}
-    if sub == "Control/cmd":
-        return ControlCommand(command, tuple(sites), fields)
-    return TestAppCommand(command, tuple(sites), fields)
-
-
-# --------------------------------------------------------------------------------------
-# Outbound publications
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """One publication of a simulated app: ``app`` is ``"Control"`` or ``"TestApp"``."""
-
-    topic: str
-    payload: Mapping[str, Any]
-    qos: int
-    app: str
-    site: str
-
-    def encode(self) -> bytes:
-        return _dumps(self.payload)
-
-    @property
-    def kind(self) -> str:
-        """The topic's kind below the app, e.g. ``status``, ``testresult``, ``log``."""
-        return self.topic.split("/")[3]
-
-
-def control_status_payload(state: str, error_message: str = "") -> dict:
-    return {"type": "status", "interface_version": 1, "software_version": 1,
-            "payload": {"state": state, "error_message": error_message}}
-
-
-def testapp_status_payload(state: str, message: str = "") -> dict:
-    return {"type": "status", "framework_version": 1, "test_version": "N/A",
-            "payload": {"state": state, "message": message}, "state": state}
-
-
-def control_will(device_id: str, site: str) -> tuple[str, bytes, int]:
-    """The Control app's last will (protocol 1.3/2.5): its status ``crash``."""
-    return (f"ate/{device_id}/Control/status/site{site}",
-            _dumps(control_status_payload("crash")), 2)
-
-
-TESTAPP_WILL_PAYLOAD = {"type": "status", "framework_version": 1, "test_version": "N/A",
-                        "payload": {"state": 0}, "state": "crash"}
-
-
-def testapp_will(device_id: str, site: str) -> tuple[str, bytes, int]:
-    """The TestApp's last will (protocol 2.7): ``payload.state`` is the integer 0."""
-    return (f"ate/{device_id}/TestApp/status/site{site}", _dumps(TESTAPP_WILL_PAYLOAD), 2)
-
-
-# --------------------------------------------------------------------------------------
-# Ground truth
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartRecord:
-    """One part result the simulator sent (once, even when the fault sent it twice)."""
-
-    site: str            # the site whose topic carried the result
-    origin_site: str     # the site that tested it (differs for wrong_site faults)
-    number: int          # 1-based part counter of the origin site
-    part_id: str
-    soft_bin: int
-    hard_bin: int
-    passed: bool
-
-
-@dataclass
-class GroundTruth:
-    """Counts of everything the simulator sent, to compare with the master's view.
-
-    ``by_*`` counters count parts whose result was sent (a duplicated result counts once;
-    dropped results and crashes count nothing).  ``messages`` counts testresult messages.
-    """
-
-    parts: list[PartRecord] = field(default_factory=list)
-    by_site: Counter = field(default_factory=Counter)            # site -> parts
-    by_soft_bin: Counter = field(default_factory=Counter)        # sbin -> parts
-    by_hard_bin: Counter = field(default_factory=Counter)        # hbin -> parts
-    by_site_soft_bin: Counter = field(default_factory=Counter)   # (site, sbin) -> parts
-    by_site_hard_bin: Counter = field(default_factory=Counter)   # (site, hbin) -> parts
-    passed: Counter = field(default_factory=Counter)             # site -> passing parts
-    messages: int = 0
-    dropped: int = 0
-    crashes: int = 0
-    faults: list[tuple[str, str, int]] = field(default_factory=list)  # (fault, site, part)
-
-    def record(self, part: PartRecord, copies: int) -> None:
-        self.parts.append(part)
-        self.by_site[part.site] += 1
-        self.by_soft_bin[part.soft_bin] += 1
-        self.by_hard_bin[part.hard_bin] += 1
-        self.by_site_soft_bin[(part.site, part.soft_bin)] += 1
-        self.by_site_hard_bin[(part.site, part.hard_bin)] += 1
-        if part.passed:
-            self.passed[part.site] += 1
-        self.messages += copies
-
-    @property
-    def part_count(self) -> int:
-        return len(self.parts)
 
 
 # --------------------------------------------------------------------------------------
