@@ -7,6 +7,9 @@ publications) and a :class:`~ate.handler.drivers.HandlerLink` (lines to the
 handler device). What goes to and comes from the masters are the messages of
 :mod:`ate.protocol` (``Load``, ``Next``, ``NextResponse``, ``ErrorResponse``,
 ...); :mod:`ate.handler.service` encodes and decodes them with its codec.
+The bookkeeping (:class:`Masters`, :class:`NextPlan`, the pending work, the
+timer, the collaborators' Protocols) is in :mod:`ate.handler.masters`, the
+machine's inputs, core and shared steps in :mod:`ate.handler.actions`.
 
 The lifecycle is an Automat ``TypeMachineBuilder`` machine with the states of
 13.2: ``startup``, ``connecting``, ``initialized``, ``loading``, ``ready``,
@@ -65,30 +68,58 @@ under test, so a resend that crosses a late ``testing`` starts nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Callable
 
 from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ate.handler import lineproto as lp
+from ate.handler.actions import (
+    HandlerCore,
+    HandlerInputs,
+    _check,
+    _exclude_late,
+    _expect_initialized,
+    _fail_in,
+    _ignore,
+    _malformed_in,
+    _publish,
+    _refuse_in,
+    _rejoin,
+    _republish_in,
+    _response_in,
+    _send_layout,
+    _snapshot_in,
+    _state_answer_in,
+    _status_in,
+)
+from ate.handler.masters import (  # the bookkeeping, its public names re-exported
+    _QUERIES,
+    FAILED_STATES,
+    HANDLER_STATES,
+    INITIALIZED,
+    MAX_RESENDS,  # noqa: F401 (re-exported)
+    NO_TESTER,
+    READY,
+    Deadline,
+    HandlerSettings,
+    HandlerSnapshot,
+    LineSink,
+    MasterBus,
+    MasterResponse,
+    Masters,
+    NextPlan,
+    Work,
+    _line_message,
+)
 from ate.protocol.messages import (
     ErrorResponse,
-    GetHostResponse,
-    GetState,
     GetStateResponse,
     HandlerCommand,
     HandlerResponse,
-    Identify,
     IdentifyResponse,
     Load,
-    Message,
-    Next,
-    NextResponse,
-    NextResult,
-    SiteInfo,
-    SiteLayout,
     Unload,
 )
 
@@ -109,617 +140,9 @@ __all__ = [
 
 log = Logger(namespace="ate.handler")
 
-HANDLER_STATES = (
-    "startup",
-    "connecting",
-    "initialized",
-    "loading",
-    "ready",
-    "testing",
-    "unloading",
-    "error",
-)
-#: Master states that exclude a master (13.2 ★: ``error`` like ``softerror``).
-FAILED_STATES = frozenset({"softerror", "error", "crash"})
-INITIALIZED = "initialized"
-READY = "ready"
-#: How often one pending command is resent to one master after a broker loss.
-MAX_RESENDS = 3
-#: pending command -> (handler state while pending, master states showing that the master
-#: has the command, the master state showing that it has not got it)
-_RESEND_RULES: dict[str, tuple[str, frozenset[str], str]] = {
-    "load": ("loading", frozenset({"loading", "ready"}), "initialized"),
-    "next": ("testing", frozenset({"testing"}), "ready"),
-    "unload": ("unloading", frozenset({"unloading", "initialized"}), "ready"),
-}
-#: ate-handler's spelling of the reference's ``No Tester is availabe`` (13.3).
-NO_TESTER = "No tester is available"
-_BETWEEN_LOTS = frozenset({"connecting", "initialized", "error"})
-#: The queries of the line (``ID?``, ``TS?``) and the command each sends to every master.
-_QUERIES: dict[str, Message] = {"identify": Identify(), "get-state": GetState()}
-
 
 # --------------------------------------------------------------------------
-# collaborators
-
-
-class MasterBus(Protocol):
-    """What the handler publishes on MQTT (13.1), as messages of :mod:`ate.protocol`."""
-
-    def command(self, device_id: str, msg: Message) -> None:
-        """Publish a handler command (``Load``, ``Next``, ``Unload``, ``Identify``,
-        ``GetState``, ``SiteLayout``) on ``ate/D/Master/cmd``."""
-
-    def handler_status(self, state: str, message: str) -> None:
-        """Publish the handler status on ``ate/H/Handler/status``."""
-
-    def handler_response(self, msg: HandlerResponse) -> None:
-        """Publish on ``ate/H/Handler/response`` (temperature reply)."""
-
-
-class LineSink(Protocol):
-    """The line towards the handler device (see :mod:`ate.handler.drivers`)."""
-
-    def send(self, msg: lp.Reply) -> None:
-        """Write one reply line."""
-
-
-#: A message from ``ate/D/Master/response`` (2.3, 4.2), decoded by :class:`ate.protocol.Codec`.
-MasterResponse = Union[NextResponse, IdentifyResponse, GetStateResponse, GetHostResponse,
-                       ErrorResponse]
-
-
-def _line_message(reply: ErrorResponse) -> str | None:
-    """The message that goes on the line with an error response: only for
-    ``response_type`` ``error`` (4.2, the top-level ``message``)."""
-    return reply.message if reply.response_type == "error" else None
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    """The parts of the handler config the machine needs."""
-
-    device_ids: tuple[str, ...]
-    site_layout: tuple[tuple[int, int], ...] = ()
-    site_map: tuple[tuple[str, str], ...] | None = None
-    load_timeout: float = 200.0
-    next_timeout: float = 40.0
-    unload_timeout: float = 70.0
-    startup_timeout: float = 300.0
-    ready_timeout: float = 15.0
-
-    @classmethod
-    def from_config(cls, config: Any) -> "HandlerSettings":
-        """Build from an :class:`ate.config.HandlerConfig`."""
-        t = config.timeouts
-        return cls(
-            device_ids=tuple(config.device_ids),
-            site_layout=tuple(tuple(p) for p in config.site_layout),  # type: ignore[misc]
-            site_map=config.site_map,
-            load_timeout=t.load,
-            next_timeout=t.next,
-            unload_timeout=t.unload,
-            startup_timeout=t.startup,
-            ready_timeout=t.ready,
-        )
-
-
-@dataclass(frozen=True)
-class HandlerSnapshot:
-    """What :meth:`HandlerController.status` returns."""
-
-    state: str
-    masters: Mapping[str, str | None]
-    excluded: Mapping[str, str]
-    pending: str | None
-    device_state: str | None = None
-    device_name: str | None = None
-
-
-class Masters:
-    """Last state of every configured master, exclusions and the expectation."""
-
-    def __init__(self, device_ids: Sequence[str]) -> None:
-        self.order = tuple(device_ids)
-        self.last: dict[str, str | None] = {d: None for d in device_ids}
-        self.excluded: dict[str, str] = {}
-        self.target: str | None = None
-        self.waiting: set[str] = set()
-
-    def live(self) -> list[str]:
-        """Configured masters that are not excluded, in config order."""
-        return [d for d in self.order if d not in self.excluded]
-
-    def update(self, device_id: str, state: str) -> str | None:
-        """Record ``state``; return the previous one."""
-        prev = self.last[device_id]
-        self.last[device_id] = state
-        return prev
-
-    def exclude(self, device_id: str, reason: str) -> None:
-        self.excluded[device_id] = reason
-        self.waiting.discard(device_id)
-
-    def include(self, device_id: str) -> None:
-        self.excluded.pop(device_id, None)
-
-    def expect(self, target: str, over: Sequence[str], *, fresh: bool) -> None:
-        """Wait for ``target`` from every master in ``over``.
-
-        Without ``fresh``, masters whose last state already is ``target`` count.
-        """
-        self.target = target
-        self.waiting = {d for d in over if fresh or self.last[d] != target}
-
-    def seen(self, device_id: str, state: str) -> None:
-        if state == self.target:
-            self.waiting.discard(device_id)
-
-    def clear(self) -> None:
-        self.target = None
-        self.waiting = set()
-
-
-class NextPlan:
-    """One ``ST`` split over the masters (13.5) and its collected results."""
-
-    def __init__(self, cmd: lp.StartTest) -> None:
-        self.cmd = cmd
-        #: device id -> list of (handler site index, site info for the master)
-        self.per_master: dict[str, list[tuple[int, SiteInfo]]] = {}
-        self.index_of: dict[tuple[str, str], int] = {}
-        self.results: dict[int, lp.EtPart] = {}
-        self.responded: set[str] = set()
-        self.lost: dict[str, str] = {}
-        self.problems: list[str] = []
-
-    @classmethod
-    def build(
-        cls, cmd: lp.StartTest, settings: HandlerSettings, masters: Masters
-    ) -> "NextPlan | str":
-        """Split ``cmd``; return the plan or the reason to refuse it."""
-        enabled = cmd.enabled()
-        if not enabled:
-            return "no site enabled"
-        site_map = settings.site_map
-        if site_map is None and len(settings.device_ids) > 1:
-            return "site_map required for several testers"
-        plan = cls(cmd)
-        for index, block in enabled:
-            if site_map is None:
-                device, site = settings.device_ids[0], str(index)
-            elif index < len(site_map):
-                device, site = site_map[index]
-            else:
-                return f"site {index} is not in site_map"
-            if device in masters.excluded:
-                return f"tester {device} is not available"
-            info = SiteInfo(site, block.partid, block.binning, block.logflag, block.info)
-            plan.per_master.setdefault(device, []).append((index, info))
-            plan.index_of[(device, site)] = index
-        return plan
-
-    @property
-    def devices(self) -> list[str]:
-        return list(self.per_master)
-
-    def command(self, device_id: str) -> Next:
-        """The ``next`` for one master: its sites only."""
-        return Next(tuple(info for _, info in self.per_master[device_id]))
-
-    def _responding(self, device_id: str) -> bool:
-        if device_id not in self.per_master or device_id in self.responded:
-            log.warn("unexpected next response from {device}", device=device_id)
-            return False
-        self.responded.add(device_id)
-        return True
-
-    def record(self, device_id: str, sites: Sequence[NextResult]) -> None:
-        """Take one master's ``next`` response; problems are kept for the reply."""
-        if not self._responding(device_id):
-            return
-        for entry in sites:
-            index = self.index_of.get((device_id, entry.siteid))
-            if index is None:
-                self.problems.append(
-                    f"tester {device_id} sent a bad result for site {entry.siteid}")
-                continue
-            self.results[index] = lp.EtPart(
-                "" if entry.partid is None else str(entry.partid),
-                entry.binning,
-                entry.logflag,
-                entry.additionalinfo,
-            )
-
-    def malformed(self, device_id: str, reason: str) -> None:
-        """One master answered with a response the codec refused: the reply is an error."""
-        if self._responding(device_id):
-            self.problems.append(f"tester {device_id} sent a bad next response: {reason}")
-
-    def lose(self, device_id: str, reason: str) -> None:
-        if device_id in self.per_master:
-            self.lost[device_id] = reason
-
-    def all_responded(self) -> bool:
-        return all(d in self.responded or d in self.lost for d in self.per_master)
-
-    def reply(self) -> lp.Reply:
-        """One ``ET`` in handler site order, or ``TS|-1|...|`` if incomplete."""
-        if self.lost:
-            device, reason = next(iter(self.lost.items()))
-            return lp.error_status(f"tester {device} failed during the test: {reason}")
-        if self.problems:
-            return lp.error_status(self.problems[0])
-        indices = [i for info in self.per_master.values() for i, _ in info]
-        missing = sorted(i for i in indices if i not in self.results)
-        if missing:
-            return lp.error_status(f"no result for site {missing[0]}")
-        return lp.EndTest(tuple(self.results[i] for i in sorted(indices)))
-
-
-class Deadline:
-    """The machine's one timer (re-armed on every state that needs one)."""
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
-        self.call: IDelayedCall | None = None
-
-    def arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self.cancel()
-        self.call = self.clock.callLater(seconds, callback)
-
-    def cancel(self) -> None:
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
-
-
-class Work:
-    """The serial command waiting for the masters (``load``/``next``/``unload``).
-
-    ``commands`` is what was sent to each master (for a resend); ``confirmed`` the
-    masters that showed they have the command; ``probing`` the masters asked
-    ``get-state`` after a reconnect; ``resends`` how often it was resent to each.
-    """
-
-    def __init__(self) -> None:
-        self.kind: str | None = None
-        self.plan: NextPlan | None = None
-        self.timeout: float = 0.0
-        self.commands: dict[str, Message] = {}
-        self.confirmed: set[str] = set()
-        self.probing: set[str] = set()
-        self.resends: dict[str, int] = {}
-
-    def begin(self, kind: str, timeout: float, commands: Mapping[str, Message],
-              plan: NextPlan | None = None) -> None:
-        self.kind, self.timeout, self.plan = kind, timeout, plan
-        self.commands = dict(commands)
-        self.confirmed, self.probing, self.resends = set(), set(), {}
-
-    def clear(self) -> None:
-        self.kind, self.plan = None, None
-        self.commands = {}
-        self.confirmed, self.probing, self.resends = set(), set(), {}
-
-    def answered(self, device: str) -> bool:
-        """The master answered the pending ``next`` (or is lost for it)."""
-        plan = self.plan
-        return plan is not None and (device in plan.responded or device in plan.lost)
-
-
-# --------------------------------------------------------------------------
-# the machine
-
-
-class HandlerInputs(Protocol):
-    def mqttConnected(self) -> None: ...
-    def stateAnswered(self, device_id: str, state: str) -> bool: ...
-    def masterStatus(self, device_id: str, state: str, message: str) -> None: ...
-    def masterResponse(self, device_id: str, reply: MasterResponse) -> None: ...
-    def responseMalformed(self, device_id: str, command: str | None, reason: str) -> None: ...
-    def load(self, cmd: lp.LoadLot) -> None: ...
-    def next(self, cmd: lp.StartTest) -> None: ...
-    def unload(self) -> None: ...
-    def testStarted(self) -> None: ...
-    def masterUnloaded(self, device_id: str) -> None: ...
-    def commandRefused(self, device_id: str, reply: ErrorResponse) -> None: ...
-    def reached(self) -> None: ...
-    def failed(self, reason: str) -> None: ...
-    def deadline(self) -> None: ...
-    def status(self) -> HandlerSnapshot: ...
-
-
-@dataclass
-class HandlerCore:
-    settings: HandlerSettings
-    bus: MasterBus
-    link: LineSink
-    deadline: Deadline
-    masters: Masters
-    work: Work
-    device: dict[str, str] = field(default_factory=dict)  # what the device told us
-
-
-def _publish(core: HandlerCore, state: str, message: str = "") -> None:
-    log.info("handler state {state} {message}", state=state, message=message)
-    core.bus.handler_status(state, message)
-
-
-def _send_layout(core: HandlerCore, devices: Sequence[str]) -> None:
-    layout = SiteLayout(core.settings.site_layout)
-    for device in devices:
-        core.bus.command(device, layout)
-
-
-def _check(inputs: HandlerInputs, core: HandlerCore) -> None:
-    """Fire ``reached`` when the pending expectation is complete."""
-    m = core.masters
-    if m.target is None or m.waiting or not m.live():
-        return
-    plan = core.work.plan
-    if plan is not None and not plan.all_responded():
-        return
-    inputs.reached()
-
-
-def _lose(inputs: HandlerInputs, core: HandlerCore, here: str, device: str, reason: str) -> None:
-    """Exclude ``device``; go on with the others, or fail when none is left."""
-    core.masters.exclude(device, reason)
-    log.error("{reason}; master {device} excluded", reason=reason, device=device)
-    if not core.masters.live():
-        inputs.failed(reason)
-        return
-    _publish(core, here, f"{reason}; excluded until it reports initialized")
-    if core.work.plan is not None:
-        core.work.plan.lose(device, reason)
-    _check(inputs, core)
-
-
-def _track(
-    inputs: HandlerInputs, core: HandlerCore, here: str, device: str, state: str, message: str
-) -> None:
-    m = core.masters
-    if device not in m.last:
-        inputs.failed(f"unknown master id {device}")
-        return
-    prev = m.update(device, state)
-    if state in FAILED_STATES:
-        if prev is None or device in m.excluded:
-            log.info("master {device} reported {state}, ignored", device=device, state=state)
-            return
-        reason = f"master {device} reported {state}" + (f": {message}" if message else "")
-        _lose(inputs, core, here, device, reason)
-        return
-    if device in m.excluded:
-        if state == INITIALIZED and here in _BETWEEN_LOTS:
-            m.include(device)
-            _publish(core, here, f"master {device} is back")
-            if here == INITIALIZED:
-                _send_layout(core, [device])
-            _check(inputs, core)
-        return
-    if here == READY and state == INITIALIZED:
-        inputs.masterUnloaded(device)
-        return
-    if here == "connecting" and state not in (INITIALIZED, "connecting"):
-        inputs.failed(f"master {device} reported state {state} while initialized is expected")
-        return
-    if _resend_if_lost(core, here, device, state, "Master/status"):
-        return
-    m.seen(device, state)
-    _check(inputs, core)
-
-
-def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: str) -> bool:
-    """Apply the resend rule (module docstring) to ``state`` reported by ``device``.
-    Returns True when the command was resent (the report is then not a completion)."""
-    work = core.work
-    rule = _RESEND_RULES.get(work.kind or "")
-    if rule is None or rule[0] != here or device not in work.commands \
-            or device in core.masters.excluded:
-        return False
-    _pending_state, has_it, not_got = rule
-    if state in has_it:
-        work.confirmed.add(device)
-        return False
-    if state != not_got or device in work.confirmed or work.answered(device):
-        return False
-    count = work.resends.get(device, 0)
-    if count >= MAX_RESENDS:
-        log.warn("master {device} still reports {state} ({how}) after {count} resends of "
-                 "{kind}; the {timeout:g} s timeout decides", device=device, state=state,
-                 how=how, count=count, kind=work.kind, timeout=work.timeout)
-        return False
-    work.resends[device] = count + 1
-    log.info("master {device} reports {state} ({how}) and has not got {kind}: resending it "
-             "(lost with the broker connection)", device=device, state=state, how=how,
-             kind=work.kind)
-    core.masters.waiting.add(device)  # its completion must be reported afresh
-    core.bus.command(device, work.commands[device])
-    return True
-
-
-def _probe_unconfirmed(core: HandlerCore) -> None:
-    """After a reconnect: ask ``get-state`` of every master that may have missed the
-    pending command (its re-published status may have come before our subscription)."""
-    work = core.work
-    for device in work.commands:
-        if device in work.confirmed or work.answered(device) or device in core.masters.excluded:
-            continue
-        work.probing.add(device)
-        core.bus.command(device, GetState())
-
-
-def _rejoin(core: HandlerCore) -> None:
-    """Include excluded masters that are initialized again (entering initialized)."""
-    back = [d for d in core.masters.order if d in core.masters.excluded
-            and core.masters.last[d] == INITIALIZED]
-    for device in back:
-        core.masters.include(device)
-    if back:
-        log.info("masters {back} rejoin", back=back)
-        _send_layout(core, back)
-
-
-def _expect_initialized(inputs: HandlerInputs, core: HandlerCore, seconds: float) -> None:
-    core.masters.expect(INITIALIZED, core.masters.live(), fresh=False)
-    core.deadline.arm(seconds, inputs.deadline)
-    _check(inputs, core)
-
-
-def _exclude_late(core: HandlerCore, seconds: float) -> None:
-    """After an ``initialized`` deadline: exclude the late masters if others are fine."""
-    m = core.masters
-    late = [d for d in m.live() if d in m.waiting]
-    if late and len(late) < len(m.live()):
-        for device in late:
-            reason = f"master {device} did not report initialized within {seconds:g} s"
-            m.exclude(device, reason)
-            log.error("{reason}; excluded", reason=reason)
-
-
-def _refuse(
-    core: HandlerCore, here: str, command: str, response_type: str, message: str | None = None
-) -> None:
-    """Answer a serial command locally (13.3)."""
-    response = {
-        "type": "error",
-        "state": here,
-        "command_type": command,
-        "response_type": response_type,
-        "message": message,
-    }
-    log.warn("serial {command} refused in {state}: {response}", command=command,
-             state=here, response=response)
-    core.link.send(lp.error_response_status(response_type, message))
-
-
-_COMMAND_NAMES = {"load": "load", "next": "next", "unload": "unload", "endlot": "unload"}
-
-
-def _response(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
-              reply: MasterResponse) -> None:
-    """A master response while in ``here`` (queries are handled by the controller)."""
-    pending = core.work.kind
-    if isinstance(reply, ErrorResponse):
-        if pending is not None and _COMMAND_NAMES.get(reply.command_type) == pending \
-                and device not in core.masters.excluded:
-            inputs.commandRefused(device, reply)
-        else:
-            log.warn("master {device} refused {command}: {rtype} {message}", device=device,
-                     command=reply.command_type, rtype=reply.response_type,
-                     message=_line_message(reply))
-    elif isinstance(reply, NextResponse):
-        if here == "testing" and core.work.plan is not None:
-            core.work.plan.record(device, reply.sites)
-            _check(inputs, core)
-        else:
-            log.info("response next from {device} ignored in {state}", device=device,
-                     state=here)
-
-
-def _malformed(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
-               command: str | None, reason: str) -> None:
-    """A response the codec refused (already logged). A pending ``next`` ends with the
-    error on the line at once, as a bad result does, rather than at its timeout."""
-    plan = core.work.plan
-    if command == "next" and here == "testing" and plan is not None:
-        plan.malformed(device, reason)
-        _check(inputs, core)
-
-
-def _fail_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str], None]:
-    def enterError(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
-        core.deadline.cancel()
-        if core.work.kind is not None:
-            core.link.send(lp.error_status(reason))
-        core.work.clear()
-        log.error("handler error in {state}: {reason}", state=here, reason=reason)
-        _publish(core, "error", reason)
-        _expect_initialized(inputs, core, core.settings.startup_timeout)
-
-    enterError.__name__ = f"error_from_{here}"
-    return enterError
-
-
-def _status_in(here: str) -> Callable[..., None]:
-    def masterStatus(inputs: HandlerInputs, core: HandlerCore, device: str, state: str,
-                     message: str) -> None:
-        _track(inputs, core, here, device, state, message)
-
-    masterStatus.__name__ = f"status_in_{here}"
-    return masterStatus
-
-
-def _response_in(here: str) -> Callable[..., None]:
-    def masterResponse(inputs: HandlerInputs, core: HandlerCore, device: str,
-                       reply: MasterResponse) -> None:
-        _response(inputs, core, here, device, reply)
-
-    masterResponse.__name__ = f"response_in_{here}"
-    return masterResponse
-
-
-def _malformed_in(here: str) -> Callable[..., None]:
-    def responseMalformed(inputs: HandlerInputs, core: HandlerCore, device: str,
-                          command: str | None, reason: str) -> None:
-        _malformed(inputs, core, here, device, command, reason)
-
-    responseMalformed.__name__ = f"malformed_in_{here}"
-    return responseMalformed
-
-
-def _snapshot_in(here: str) -> Callable[[HandlerInputs, HandlerCore], HandlerSnapshot]:
-    def status(inputs: HandlerInputs, core: HandlerCore) -> HandlerSnapshot:
-        return HandlerSnapshot(
-            state=here,
-            masters=dict(core.masters.last),
-            excluded=dict(core.masters.excluded),
-            pending=core.work.kind,
-            device_state=core.device.get("state"),
-            device_name=core.device.get("name"),
-        )
-
-    status.__name__ = f"status_{here}"
-    return status
-
-
-def _republish_in(here: str) -> Callable[[HandlerInputs, HandlerCore], None]:
-    def republish(inputs: HandlerInputs, core: HandlerCore) -> None:
-        _publish(core, here)
-        if core.work.kind is not None:
-            _probe_unconfirmed(core)
-
-    republish.__name__ = f"republish_{here}"
-    return republish
-
-
-def _state_answer_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str, str], bool]:
-    def stateAnswered(inputs: HandlerInputs, core: HandlerCore, device: str, state: str) -> bool:
-        work = core.work
-        if device not in work.probing:
-            return False
-        work.probing.discard(device)
-        _resend_if_lost(core, here, device, state, "get-state")
-        return True
-
-    stateAnswered.__name__ = f"state_answer_in_{here}"
-    return stateAnswered
-
-
-def _refuse_in(here: str, command: str, response_type: str,
-               message: str | None = None) -> Callable[..., None]:
-    def refuse(inputs: HandlerInputs, core: HandlerCore, *args: Any) -> None:
-        _refuse(core, here, command, response_type, message)
-
-    refuse.__name__ = f"refuse_{command}_in_{here}"
-    return refuse
-
-
-def _ignore(inputs: HandlerInputs, core: HandlerCore, *args: Any) -> None:
-    """An input that means nothing in this state."""
-
+# the machine (its inputs, core and shared steps are in ate.handler.actions)
 
 builder = TypeMachineBuilder(HandlerInputs, HandlerCore)
 startup = builder.state("startup")
