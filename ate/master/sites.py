@@ -11,7 +11,7 @@ expected sequence) and ``fatal``.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -46,10 +46,6 @@ class _Site:
         self.acked = False  # testing: TestApp reported testing (or sent its result)
         self.result = False  # testing: result received
         self.idle_again = False  # testing: TestApp back to idle after testing
-
-
-def _missing(sites: Iterable[_Site]) -> str:
-    return ", ".join(s.id for s in sites)
 
 
 class SiteTracker:
@@ -113,14 +109,6 @@ class SiteTracker:
                 s.control = "resetting"
                 s.testapp = None
         self._tested, self._tested_ids = (), frozenset()
-
-    def check_synced(self) -> None:
-        """Complete the connecting phase at once if every site is already idle (used when
-        the Control apps were up before the master)."""
-        if self.phase == CONNECTING and all(s.control == "idle" for s in self._sites.values()):
-            for s in self._sites.values():
-                s.done = True
-            self._events.synced()
 
     def begin_initialized(self) -> None:
         self.phase = INITIALIZED
