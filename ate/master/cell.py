@@ -6,17 +6,17 @@ allowed when) and testing's part machine (:mod:`ate.master.part`), wires them to
 and to the site tracker, and implements their effects (``MasterEffects``, ``PartEffects``):
 publishing, the lot's results and the datalog.  It keeps no timer and no state of its own:
 ``status()`` reports the last ``Status`` snapshot the master machine handed over.  Time comes
-from the injected clock only.
+from the injected clock only.  The datalog sits behind :class:`ate.master.lotlog.LotLog`, the
+part's plan and answer in :mod:`ate.master.partplan`, the collaborators' Protocols in
+:mod:`ate.master.collaborators` (re-exported here).
 """
 
 from __future__ import annotations
 
 import itertools
 import reprlib
-import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -24,15 +24,27 @@ from twisted.logger import Logger
 
 import ate
 from ate.jobs.model import Job, JobError
+from ate.master.collaborators import (
+    CommandRefused,
+    JobSource,
+    LevelSink,
+    LotDatalog,
+    Metrics,
+    Publisher,
+)
 from ate.master.lot import Lot
+from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
 from ate.master.part import PartCore, PartMachine
+from ate.master.partplan import Part, next_results, plan_part
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
-from ate.master.settings import SettingsError, UserSettings
+from ate.master.settings import UserSettings
 from ate.master.sites import SiteTracker
 from ate.protocol import LOG_LEVELS
 from ate.protocol import messages as m
-from ate.stdf.sink import Datalog
+
+__all__ = ["Cell", "CommandRefused", "JobSource", "LevelSink", "LotDatalog", "Metrics",
+           "Publisher"]
 
 
 # a bounded repr of a payload for a log line (a result can be megabytes)
@@ -41,82 +53,6 @@ _REPR.maxlist = _REPR.maxtuple = 8
 _REPR.maxdict = 24
 _REPR.maxstring = _REPR.maxother = 120
 _REPR.maxlevel = 4
-
-
-class Publisher(Protocol):
-    """What the cell needs from MQTT (``MqttService``; a recorder in tests)."""
-
-    def publish(self, topic: str, payload: bytes, qos: int = 2) -> Deferred: ...
-
-
-class JobSource(Protocol):
-    """Where a lot's job comes from (``ate.jobs.source``)."""
-
-    def load(self, lot_number: str) -> Job: ...
-
-
-class LotDatalog(Protocol):
-    """What the cell needs from a lot's datalog (``ate.stdf.sink.Datalog``)."""
-
-    path: str
-    finalised: bool
-
-    def write_parts(self, parts: Sequence[tuple[str, Sequence[dict]]],
-                    start_t: float) -> list[str]: ...
-    def add_summary(self, site: str, tsr_records: Sequence[dict]) -> list[str]: ...
-    def finalise(self, lot: Lot, *, finish_t: float, reason: str = "") -> None: ...
-
-
-class LevelSink(Protocol):
-    """A log observer whose level follows ``setloglevel`` (LogBuffer, LogFileWriter)."""
-
-    def set_level(self, level: int) -> None: ...
-
-
-class CommandRefused(SettingsError):
-    """A UI/API change (usersettings, binMap) the master machine refuses in its state;
-    ``refusal`` is the machine's answer (its ``response_type`` says busy or error)."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
-@dataclass
-class Metrics:
-    """Counters for /metrics and the operator."""
-
-    parts: int = 0
-    cycles: int = 0
-    commands_refused: int = 0
-    protocol_errors: dict[str, int] = field(default_factory=dict)
-    unexpected_results: int = 0
-    duplicate_results: int = 0
-    bad_records: int = 0
-    softerrors: int = 0
-    mqtt_disconnects: int = 0
-
-    def count_protocol_error(self, kind: str) -> None:
-        self.protocol_errors[kind] = self.protocol_errors.get(kind, 0) + 1
-
-
-@dataclass(slots=True)
-class _Part:
-    """The part under test: what was asked and what came back."""
-
-    sites_info: list[dict]
-    tested: tuple[str, ...]  # ascending
-    order: tuple[str, ...]  # request order
-    requested: dict[str, dict]
-    started: float
-    results: list[tuple[str, Sequence[dict]]] = field(default_factory=list)
-    outcomes: dict[str, Any] = field(default_factory=dict)
-    prrs: dict[str, Any] = field(default_factory=dict)
-    written: bool = False
-
-
-def _site_key(site: str) -> int:
-    return int(site)
 
 
 class Cell:
@@ -153,20 +89,18 @@ class Cell:
         self.loglevel: int = config.loglevel
         self.lot: Lot | None = None
         self.job: Job | None = None
-        self.datalog: LotDatalog | None = None
         self.lot_number = ""
-        self.setup_t = 0.0
-        self.start_t: float | None = None
-        self.part: _Part | None = None
+        self.part: Part | None = None
         # the master machine's last snapshot (read by listeners during its transitions)
         self._status = Status("connecting", "startup")
         # the execution-strategy answers of the current load; None outside a lot's window
         self._strategies: dict[str, Any] | None = None
         self._abort_reason = ""
         self._summaries: set[str] = set()  # sites whose test summary came in this unload
-        self._lot_notes: set[str] = set()  # per-lot warnings already logged once
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
+        self.records = LotLog(config, self.sites, clock, log=self.log, metrics=self.metrics,
+                              emit=self._emit, wallclock=wallclock, run_in_thread=run_in_thread)
         self._last_publish: Deferred = succeed(None)
         self._connected = False
         self._pending_io: Any = None
@@ -305,7 +239,7 @@ class Cell:
             self.machine.fault(f"site {site} sent a malformed test result: {e}")
             return
         for note in outcome.warnings:
-            self._note_once(note.split(";")[0], note)
+            self.records.note_once(note.split(";")[0], note)
         part.results.append((site, records))
         part.outcomes[site] = outcome
         part.prrs[site] = records[-1]
@@ -314,7 +248,7 @@ class Cell:
         if part.written:
             # the part was flushed when the master went to softerror: a result that still
             # comes for it is written at once (protocol §3.6); it answers nothing
-            self._write_results([(site, records)])
+            self.records.write_results([(site, records)])
             self.tracker.result(site)
             return
         if outcome.unknown_soft_bin:
@@ -347,8 +281,7 @@ class Cell:
             self.log.warn("second test summary from site {site} ignored", site=site)
             return
         self._summaries.add(site)
-        problems = self.datalog.add_summary(site, records)
-        self._count_problems(problems)
+        self.records.add_summary(site, records)
 
     def execution_strategy(self, site: str, strategy: Any) -> None:
         """A TestApp's answer to the load's ``getexecutionstrategy`` (protocol §3.8, §6.4):
@@ -474,6 +407,11 @@ class Cell:
         return self._status.state
 
     @property
+    def datalog(self) -> LotDatalog | None:
+        """The current lot's datalog (None before the first load)."""
+        return self.records.datalog
+
+    @property
     def error_message_text(self) -> str:
         return self._status.message
 
@@ -527,7 +465,7 @@ class Cell:
         self.log.warn("broker connection lost in {state}; state kept", state=where)
 
     def reset_sites(self) -> None:
-        self._finalise(f"aborted: {self._abort_reason or 'reset'}")
+        self.records.finalise(self.lot, f"aborted: {self._abort_reason or 'reset'}")
         self._strategies = None
         self._abort_reason = ""
         self._clear_part()
@@ -548,7 +486,7 @@ class Cell:
         except JobError as e:
             return Refusal("load", "error", str(e)), None
         try:
-            self._new_datalog(job)
+            self.records.create(job)
         except OSError as e:
             reason = f"load refused: cannot create the datalog in {self.config.stdf_directory}: {e}"
             return Refusal("load", "error", reason), None
@@ -558,10 +496,9 @@ class Cell:
         self.job = job
         self.lot_number = job.lot_number
         self.lot = Lot(job, self.sites, self.config.device_id)
-        self.start_t = None
+        self.records.new_lot()
         self._strategies = None
         self._abort_reason = ""
-        self._lot_notes = set()
         self.settings.reset_to_defaults()
         self._publish(m.ControlLoadTest(
             sites=self.sites,
@@ -592,28 +529,11 @@ class Cell:
         if missing:
             return Refusal("next", "error",
                            f"next refused: peripheral {', '.join(missing)} not available"), None
-        if sites is None:
-            infos = [{"siteid": s, "partid": str(next(self._part_ids)), "binning": -1}
-                     for s in self.sites]
-        else:
-            infos = [_site_info_dict(si) for si in sites]
-            for info in infos:
-                # a TestApp reads partid and binning from its entry (§6.1): the real one
-                # fails without them, so an entry that lacks one gets the §4.5 default
-                if info.get("partid") is None:
-                    info["partid"] = str(next(self._part_ids))
-                if info.get("binning") is None:
-                    info["binning"] = -1
-        order = tuple(i["siteid"] for i in infos)
-        tested = tuple(sorted(order, key=_site_key))
-        requested = {i["siteid"]: i for i in infos}
-        return None, _Part(infos, tested, order, requested, self.clock.seconds())
+        return None, plan_part(sites, self.sites, self._part_ids, self.clock.seconds())
 
-    def start_part(self, plan: _Part) -> None:
+    def start_part(self, plan: Part) -> None:
         self.part = plan
-        self._first_part = first = self.start_t is None
-        if first:
-            self.start_t = self.wallclock()
+        self._first_part = self.records.first_part()
         self.tracker.begin_testing(plan.tested)
         self.peripherals.start_part(plan.tested)
         job_data = self.settings.job_data()
@@ -628,17 +548,8 @@ class Cell:
     def complete_part(self) -> None:
         part = self.part
         assert part is not None
-        self._write_part(part)
-        sites_out = []
-        for siteid in part.order:
-            outcome = part.outcomes[siteid]
-            prr = part.prrs[siteid]
-            partid = prr.get("PART_ID") or part.requested[siteid].get("partid")
-            if not partid:
-                partid = f"{prr.get('X_COORD')}x{prr.get('Y_COORD')}"
-            sites_out.append(m.NextResult(siteid=siteid, partid=str(partid),
-                                          binning=outcome.hard_bin, logflag=0, additionalinfo=0))
-        self._publish(m.NextResponse(sites=tuple(sites_out)))
+        self.records.write_part(part)
+        self._publish(m.NextResponse(sites=next_results(part)))
         cycle = self.clock.seconds() - part.started
         self.metrics.cycles += 1
         if self.lot is not None:
@@ -659,10 +570,10 @@ class Cell:
 
     def finish_unload(self) -> None:
         missing = [s for s in self.sites if s not in self._summaries]
-        if missing and self.datalog is not None and not self.datalog.finalised:
+        if missing and self.records.open:
             self.log.warn("datalog finalised without the test summary of site(s) {sites} "
                           "(their TSRs are missing from the footer)", sites=", ".join(missing))
-        self._finalise("")
+        self.records.finalise(self.lot, "")
         self.tracker.begin_initialized()
 
     def set_layout(self, layout: Any) -> None:
@@ -719,7 +630,7 @@ class Cell:
     def shutdown(self) -> None:
         self._flush_part_results()
         reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
-        self._finalise(f"aborted: {reason}")
+        self.records.finalise(self.lot, f"aborted: {reason}")
         if self._connected:
             self._last_publish = self._publish(m.MasterStatus(state="crash", message="master stopped"))
         self._emit("status", self.status())
@@ -748,8 +659,7 @@ class Cell:
     def lotdata(self) -> dict | None:
         if self.lot is None:
             return None
-        start = self.start_t if self.start_t is not None else self.setup_t
-        return self.lot.mir(int(self.setup_t), int(start), ate.__version__)
+        return self.lot.mir(int(self.records.setup_t), int(self.records.start()), ate.__version__)
 
     def _publish(self, msg: Any) -> Deferred:
         topic, payload = self.codec.encode(msg)
@@ -781,70 +691,10 @@ class Cell:
 
     # -- datalog ------------------------------------------------------------------------
 
-    def _new_datalog(self, job: Job) -> None:
-        os.makedirs(self.config.stdf_directory, exist_ok=True)
-        self.setup_t = self.wallclock()
-        self.datalog = Datalog.create(
-            self.config.stdf_directory, job, self.config.device_id, self.sites, self.setup_t,
-            clock=self.clock, fsync_interval=self.config.stdf_fsync_interval,
-            run_in_thread=self.run_in_thread,
-        )
-        self.log.info("datalog {path}", path=self.datalog.path)
-
-    def _write_part(self, part: _Part) -> None:
-        if part.written or not part.results or self.datalog is None or self.datalog.finalised:
-            return
-        part.written = True
-        self._write_results(part.results)
-
-    def _write_results(self, results: Sequence[tuple[str, Sequence[dict]]]) -> None:
-        if self.datalog is None or self.datalog.finalised:
-            return
-        start = self.start_t if self.start_t is not None else self.setup_t
-        problems = self.datalog.write_parts(results, start)
-        self._count_problems(problems)
-
-    def _note_once(self, key: str, text: str) -> None:
-        """A warning about the lot's data that would repeat every part: logged once per lot."""
-        if key in self._lot_notes:
-            return
-        self._lot_notes.add(key)
-        self.log.warn("{text} (logged once per lot)", text=text)
-
-    def _count_problems(self, problems: Sequence[str]) -> None:
-        for problem in problems:
-            self.metrics.bad_records += 1
-            self.log.warn("datalog: {problem}", problem=problem)
-
     def _flush_part_results(self) -> None:
         if self.part is not None:
-            self._write_part(self.part)
-
-    def _finalise(self, reason: str) -> None:
-        datalog = self.datalog
-        if datalog is None or datalog.finalised or self.lot is None:
-            return
-        try:
-            datalog.finalise(self.lot, finish_t=self.wallclock(), reason=reason)
-            self.log.info("datalog {path} finalised{why}", path=datalog.path,
-                          why=f" ({reason})" if reason else "")
-        except OSError as e:
-            self.log.error("datalog {path} could not be finalised: {e}", path=datalog.path, e=e)
-        self._emit("finalised", datalog.path)
+            self.records.write_part(self.part)
 
     def _clear_part(self) -> None:
         self.part = None
         self.peripherals.reset()
-
-
-def _site_info_dict(si: Any) -> dict:
-    if isinstance(si, dict):
-        return dict(si)
-    out: dict[str, Any] = {"siteid": si.siteid}
-    for name in ("partid", "binning", "logflag", "additionalinfo"):
-        value = getattr(si, name)
-        if value is not None:
-            out[name] = value
-    for key, value in getattr(si, "extra", ()) or ():
-        out[key] = value
-    return out

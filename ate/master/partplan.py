@@ -1,0 +1,79 @@
+"""The part under test as the cell keeps it: the plan built from a ``next`` command and
+the ``next`` response built from its results (protocol §4.5, §6.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from ate.protocol import messages as m
+
+__all__ = ["Part", "next_results", "plan_part"]
+
+
+@dataclass(slots=True)
+class Part:
+    """The part under test: what was asked and what came back."""
+
+    sites_info: list[dict]
+    tested: tuple[str, ...]  # ascending
+    order: tuple[str, ...]  # request order
+    requested: dict[str, dict]
+    started: float
+    results: list[tuple[str, Sequence[dict]]] = field(default_factory=list)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    prrs: dict[str, Any] = field(default_factory=dict)
+    written: bool = False
+
+
+def _site_key(site: str) -> int:
+    return int(site)
+
+
+def plan_part(sites: Any, all_sites: Sequence[str], part_ids: Iterator[int],
+              started: float) -> Part:
+    """The plan of one ``next``: ``sites`` is its ``SiteInfo`` list, or None for every
+    configured site; ``part_ids`` numbers the entries without a part id."""
+    if sites is None:
+        infos = [{"siteid": s, "partid": str(next(part_ids)), "binning": -1}
+                 for s in all_sites]
+    else:
+        infos = [_site_info_dict(si) for si in sites]
+        for info in infos:
+            # a TestApp reads partid and binning from its entry (§6.1): the real one
+            # fails without them, so an entry that lacks one gets the §4.5 default
+            if info.get("partid") is None:
+                info["partid"] = str(next(part_ids))
+            if info.get("binning") is None:
+                info["binning"] = -1
+    order = tuple(i["siteid"] for i in infos)
+    tested = tuple(sorted(order, key=_site_key))
+    requested = {i["siteid"]: i for i in infos}
+    return Part(infos, tested, order, requested, started)
+
+
+def next_results(part: Part) -> tuple[m.NextResult, ...]:
+    """The ``next`` response's entries, in the request's order."""
+    sites_out = []
+    for siteid in part.order:
+        outcome = part.outcomes[siteid]
+        prr = part.prrs[siteid]
+        partid = prr.get("PART_ID") or part.requested[siteid].get("partid")
+        if not partid:
+            partid = f"{prr.get('X_COORD')}x{prr.get('Y_COORD')}"
+        sites_out.append(m.NextResult(siteid=siteid, partid=str(partid),
+                                      binning=outcome.hard_bin, logflag=0, additionalinfo=0))
+    return tuple(sites_out)
+
+
+def _site_info_dict(si: Any) -> dict:
+    if isinstance(si, dict):
+        return dict(si)
+    out: dict[str, Any] = {"siteid": si.siteid}
+    for name in ("partid", "binning", "logflag", "additionalinfo"):
+        value = getattr(si, name)
+        if value is not None:
+            out[name] = value
+    for key, value in getattr(si, "extra", ()) or ():
+        out[key] = value
+    return out
