@@ -1,6 +1,6 @@
 """``twistd -n ate-demo``: a whole test cell in one process.
 
-A private broker (``ate.testing.broker.private_broker``: mosquitto, or amqtt where mosquitto
+A private broker (``ate.broker.private_broker``: mosquitto, or amqtt where mosquitto
 is not installed) on a free 127.0.0.1 port,
 the master with its web UI, N simulated sites and the handler application driving a
 simulated handler device that runs lots of the demo job (``ate/demodata``) one after the
@@ -426,7 +426,7 @@ def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_lo
     from ate.handler.service import HandlerService
     from ate.sim.sites import SimSitesService
     from ate.tap import build_master
-    from ate.testing.broker import free_port
+    from ate.broker import free_port
 
     job_dir = os.path.join(work_dir, "jobs")
     os.makedirs(job_dir)
@@ -479,7 +479,7 @@ def makeService(options: Options, reactor: Any = None) -> DemoService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
     from ate.tap import WebAddressError, install_clean_exit, listen_web_now
-    from ate.testing.broker import MosquittoError, free_port, private_broker
+    from ate.broker import MosquittoError, free_port, private_broker
 
     try:
         # mosquitto when installed; else amqtt (pure Python, 2.7x slower: bench/broker.py)

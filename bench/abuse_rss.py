@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 import paho.mqtt.client as paho  # noqa: E402
 
-from ate.testing.broker import Mosquitto, free_port  # noqa: E402
+from ate.broker import Mosquitto, free_port  # noqa: E402
 
 DEVICE = "RSS-1"
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "jobs", "le306426001.xml")

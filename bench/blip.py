@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import paho.mqtt.client as paho  # noqa: E402
 
-from ate.testing.broker import Mosquitto  # noqa: E402
+from ate.broker import Mosquitto  # noqa: E402
 
 TOPIC = "ate/BLIP/TestApp/testresult/site0"
 

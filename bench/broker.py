@@ -5,7 +5,7 @@
 
 Same master (``twistd ate-master``), same simulated sites and handler as bench/cycle.py;
 only the broker changes, both measured in this run: handler-cycle p50/p99, parts/s, master
-CPU per cycle.  mosquitto runs with ``set_tcp_nodelay true`` (ate.testing.broker); amqtt
+CPU per cycle.  mosquitto runs with ``set_tcp_nodelay true`` (ate.broker); amqtt
 from its command line with a minimal config on a free loopback port, stopped by PID.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from ate.testing.broker import Amqtt, Mosquitto  # noqa: E402
+from ate.broker import Amqtt, Mosquitto  # noqa: E402
 from cycle import run_target  # noqa: E402
 
 

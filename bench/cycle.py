@@ -47,7 +47,7 @@ from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 from ate.config import sim_config_from_dict  # noqa: E402
 from ate.mqtt.link import DEFAULT_LINK, LINKS  # noqa: E402
 from ate.sim.sites import SimSitesService  # noqa: E402
-from ate.testing.broker import Mosquitto, free_port  # noqa: E402
+from ate.broker import Mosquitto, free_port  # noqa: E402
 from ate.testing.peers import HandlerClient  # noqa: E402
 
 DEVICE = "SCT-81-1F"

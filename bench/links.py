@@ -146,7 +146,7 @@ def child(args) -> None:
 
 
 def main(args) -> None:
-    from ate.testing.broker import Mosquitto
+    from ate.broker import Mosquitto
 
     # No limit on a client's queue in the broker: a receiver slower than its sender must
     # not lose messages to mosquitto's max_queued_messages (1000), this measures links.

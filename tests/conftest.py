@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from ate.testing.broker import Mosquitto
+from ate.broker import Mosquitto
 
 
 @pytest.fixture(scope="session")

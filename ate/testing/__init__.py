@@ -1,1 +1,3 @@
-"""Test infrastructure shared by the test suite, the benchmarks and the demo."""
+"""Test peers shared by the test suite and the benchmarks (``peers``: a scriptable handler
+client). The private broker the demo ships with is :mod:`ate.broker`; ``ate.testing.broker``
+is kept as another name for it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ate.testing.broker import Mosquitto
+from ate.broker import Mosquitto
 
 
 @pytest.fixture

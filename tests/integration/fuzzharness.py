@@ -48,7 +48,7 @@ from ate.config import sim_config_from_dict
 from ate.mqtt.service import MqttService
 from ate.sim.sites import SimSitesService
 from ate.stdf import records as stdf_records
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 from tests.stdfread import pystdf_records
 

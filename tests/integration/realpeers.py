@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred
 
 from ate.config import MqttOptions
 from ate.mqtt.service import MqttService
-from ate.testing.broker import free_port
+from ate.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-peers"

@@ -20,7 +20,7 @@ from ate.handler.drivers.simulated import SimulatedHandler
 from ate.handler.service import HandlerService
 from ate.sim.sites import SimSitesService
 from ate.tap import build_master
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 
 from tests.waiting import Waiter

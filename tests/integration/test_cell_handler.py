@@ -20,7 +20,7 @@ from ate.mqtt.service import MqttService
 from ate.sim.sites import SimSitesService
 from ate.stdf.records import decode, iter_records
 from ate.tap import build_master
-from ate.testing.broker import free_port
+from ate.broker import free_port
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
 from tests.waiting import Waiter as _Waiter

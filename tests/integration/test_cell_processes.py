@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from tests.stdfread import read_stdf
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -23,7 +23,7 @@ import ate
 from twisted.python import usage
 
 from ate.stdf.records import iter_records
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from tests.twistdrun import ROOT, TWISTD, env
 
 FAR, MRR = (0, 10), (1, 20)
@@ -159,7 +159,7 @@ def test_options_defaults_and_faults():
 
 def test_make_service_order_and_configs(tmp_path):
     from ate.demo import build_demo, DemoHandler
-    from ate.testing.broker import Mosquitto
+    from ate.broker import Mosquitto
 
     opts = parse("--sites", "2", "--stdf-dir", str(tmp_path / "d"), "--web-port", "18999",
                  "--fault", "crash_on_part=5", "--lots", "3")
@@ -192,7 +192,7 @@ def test_make_service_order_and_configs(tmp_path):
 
 
 def test_amqtt_when_mosquitto_is_missing(monkeypatch):
-    import ate.testing.broker as broker_module
+    import ate.broker as broker_module
 
     def missing():
         raise broker_module.MosquittoError("not found")
@@ -207,7 +207,7 @@ def test_amqtt_broker_runs_a_round_trip():
     """The fallback broker really brokers (skipped where amqtt is not installed)."""
     import socket
 
-    import ate.testing.broker as broker_module
+    import ate.broker as broker_module
 
     try:
         broker_module.find_amqtt()
@@ -226,7 +226,7 @@ def test_amqtt_broker_runs_a_round_trip():
 
 
 def test_no_broker_one_line_error(monkeypatch, capsys, tmp_path):
-    import ate.testing.broker as broker_module
+    import ate.broker as broker_module
     from ate.demo import makeService
 
     def missing():
@@ -244,7 +244,7 @@ def test_no_broker_one_line_error(monkeypatch, capsys, tmp_path):
 
 def test_failed_assembly_leaves_no_work_directory(monkeypatch, tmp_path):
     import ate.demo
-    from ate.testing.broker import Mosquitto
+    from ate.broker import Mosquitto
 
     work = tmp_path / "work"
 
@@ -377,7 +377,7 @@ def test_amqtt_is_found_next_to_python_without_path(monkeypatch):
     """The venv's amqtt is found with the venv not activated (PATH without its bin)."""
     import importlib.util
 
-    import ate.testing.broker as broker_module
+    import ate.broker as broker_module
 
     if importlib.util.find_spec("amqtt") is None:
         pytest.skip("amqtt is not installed in this Python")

@@ -21,7 +21,7 @@ from ate.handler.machine import HandlerController, HandlerSettings
 from ate.handler.service import HandlerService
 from ate.mqtt.service import MqttService
 from ate.protocol import messages as m
-from ate.testing.broker import free_port
+from ate.broker import free_port
 
 from tests.waiting import Waiter as _Waiter
 

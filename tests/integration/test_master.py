@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from ate.config import master_config_from_dict, sim_config_from_dict
 from ate.sim.sites import SimSitesService
 from ate.tap import build_master
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 from tests.stdfread import read_stdf
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from ate.config import MqttOptions
 from ate.mqtt.link import link_factory
-from ate.testing.broker import Mosquitto
+from ate.broker import Mosquitto
 from test_mqtt import TIMEOUT, Client
 
 

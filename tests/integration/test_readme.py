@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from tests.twistdrun import ROOT, TWISTD, env
 
 README = os.path.join(ROOT, "README.rst")
@@ -215,7 +215,7 @@ def run_cell(checkout, device_commands: list[str], replace: dict[str, str]):
     try:
         mosquitto = argv(BROKER)
         if not os.access(mosquitto[0], os.X_OK):
-            from ate.testing.broker import find_mosquitto
+            from ate.broker import find_mosquitto
 
             mosquitto[0] = find_mosquitto()
         procs.start("mosquitto", mosquitto)

@@ -25,7 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from ate.config import master_config_from_dict
 from ate.mqtt.service import MqttService
 from ate.tap import build_master
-from ate.testing.broker import Mosquitto, free_port
+from ate.broker import Mosquitto, free_port
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
 TOKEN = "webtok-Q7x2Lm9Rv4"

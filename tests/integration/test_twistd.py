@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 
-from ate.testing.broker import free_port
+from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 
 from tests.twistdrun import ROOT, TWISTD, env
