@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -360,7 +361,7 @@ def test_writer_level(tmp_path):
     w.set_level(20)
     w(event(fmt="info2"))
     w.close()
-    assert [l.split("|")[-1] for l in open(w.path).read().splitlines()] == ["info2"]
+    assert [l.split("|")[-1] for l in Path(w.path).read_text().splitlines()] == ["info2"]
     with pytest.raises(ValueError):
         w.set_level(5)
 
@@ -409,7 +410,7 @@ def test_writer_appends_to_existing_file_and_never_raises(tmp_path):
     assert w.errors == 1
     w(event(fmt="c"))                    # reopened
     w.close()
-    assert [l.split("|")[-1] for l in open(w.path).read().splitlines()] == ["a", "c"]
+    assert [l.split("|")[-1] for l in Path(w.path).read_text().splitlines()] == ["a", "c"]
 
 
 def test_writer_and_buffer_together(tmp_path):
@@ -481,7 +482,7 @@ def test_writer_cuts_huge_lines(tmp_path):
     w = LogFileWriter(str(tmp_path), clock=make_clock())
     w(event(fmt="{blob}", blob="q" * 1_000_000))
     w.close()
-    line = open(w.path).read()
+    line = Path(w.path).read_text()
     assert len(line) < MAX_ENTRY_CHARS + 100
     assert "characters cut]" in line
 

@@ -8,6 +8,7 @@ import os
 import random
 import struct
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -317,9 +318,9 @@ def test_full_lot_record_order_and_fields(tmp_path) -> None:
     assert mrr == {"FINISH_T": int(start + 100), "DISP_COD": " ", "USR_DESC": "",
                    "EXC_DESC": ""}
 
-    summary = json.loads(open(log.base + ".summary.json").read())
+    summary = json.loads(Path(log.base + ".summary.json").read_text())
     assert summary["parts_distinct"] == 5 and summary["datalog"] == os.path.basename(log.path)
-    text = open(log.base + ".summary.txt").read()
+    text = Path(log.base + ".summary.txt").read_text()
     assert "306426.001" in text and "SB_CONT_OPEN" in text and "Test time" in text
 
 
@@ -344,7 +345,7 @@ def test_bad_records_are_skipped_and_reported(tmp_path) -> None:
     assert got[4][1]["HEAD_NUM"] == 255 and got[5][1]["TEST_TXT"] == ""
     assert got[-1][1]["EXC_DESC"] == "aborted: test"
     # Our own reader sees the file end exactly on the MRR.
-    data = open(log.path, "rb").read()
+    data = Path(log.path).read_bytes()
     assert list(R.iter_records(data))[-1].end == len(data)
 
 
@@ -398,6 +399,8 @@ def test_each_cycle_is_one_write_and_flush(tmp_path) -> None:
     # The data reached the file: it parses up to the last complete part.
     got = read_file(log.path)
     assert names(got) == "FAR MIR SDR" + " PIR PTR PRR" * 4
+    log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T)
+    assert [c[0] for c in calls] == ["write", "flush"] * 2  # the footer: one write too
 
 
 def test_fsync_every_call_in_thread(tmp_path) -> None:
@@ -457,6 +460,8 @@ def test_fsync_synchronous_without_thread_helper(tmp_path, monkeypatch) -> None:
     assert synced == []
     clock.advance(0.5)
     assert len(synced) == 1
+    log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T)
+    assert len(synced) == 2 and clock.getDelayedCalls() == []
 
 
 def test_random_lot_counts_in_file_match_ground_truth(tmp_path) -> None:
@@ -531,3 +536,5 @@ def test_succeed_deferred_run_in_thread(tmp_path) -> None:
     log.write_parts([("0", result("0", 1, "a"))], SETUP_T)
     log.write_parts([("0", result("0", 1, "b"))], SETUP_T)
     assert len(ran) == 2
+    log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T)
+    assert log._sync_fd is None  # the descriptor for the thread is closed too

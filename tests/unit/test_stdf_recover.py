@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
@@ -64,15 +65,15 @@ def test_complete_files_are_untouched(tmp_path) -> None:
     log = Datalog.create(str(tmp_path), make_job(), "D", SITES, SETUP_T, clock=Clock())
     log.write_parts(cycles(2)[0], SETUP_T)
     log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T + 1)
-    before = open(log.path, "rb").read()
+    before = Path(log.path).read_bytes()
     assert recover_directory(str(tmp_path)) == []
-    assert open(log.path, "rb").read() == before
+    assert Path(log.path).read_bytes() == before
 
 
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_truncated_at_many_offsets(tmp_path, endian) -> None:
     path, parts = unfinished_log(str(tmp_path), endian=endian)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     ends = part_ends(data)
     header_end = [raw.end for raw in R.iter_records(data) if raw.name == "SDR"][0]
     # cut: mid-record in a part, on a part boundary, inside a record header,
@@ -84,7 +85,7 @@ def test_truncated_at_many_offsets(tmp_path, endian) -> None:
             fh.write(data[:cut])
         lines = recover_directory(str(tmp_path))
         assert len(lines) == 1 and RECOVERED in lines[0]
-        fixed = open(path, "rb").read()
+        fixed = Path(path).read_bytes()
         kept = sum(1 for e in ends if e <= cut)
         assert fixed[: ends[kept - 1] if kept else header_end] == data[
             : ends[kept - 1] if kept else header_end]
@@ -126,7 +127,7 @@ def test_partial_footer_is_replaced_and_names_kept(tmp_path) -> None:
     log.add_summary("0", [{"type": "TSR", "HEAD_NUM": 0, "SITE_NUM": 0, "TEST_NUM": 1000,
                            "EXEC_CNT": 3, "TEST_NAM": "t", "TEST_MIN": 0.5}])
     log.finalise(lot, finish_t=SETUP_T + 9)
-    full = open(log.path, "rb").read()
+    full = Path(log.path).read_bytes()
     os.remove(log.path)
     os.remove(log.base + ".summary.json")
     os.remove(log.base + ".summary.txt")
@@ -136,7 +137,7 @@ def test_partial_footer_is_replaced_and_names_kept(tmp_path) -> None:
         fh.write(full[: pcr_at + 3])
     lines = recover_directory(str(tmp_path))
     assert len(lines) == 1
-    got = pystdf_records(open(path, "rb").read())
+    got = pystdf_records(Path(path).read_bytes())
     sbr_names = {f["SBIN_NUM"]: f["SBIN_NAM"] for n, f in got if n == "SBR"}
     assert sbr_names[12] == "SB_CONT_OPEN"
     hbr_names = {f["HBIN_NUM"]: f["HBIN_NAM"] for n, f in got if n == "HBR"}

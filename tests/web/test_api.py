@@ -398,7 +398,9 @@ def harness(tmp_path):
     if unit not in sys.path:
         sys.path.insert(0, unit)
     cellharness = pytest.importorskip("cellharness", reason="tests/unit/cellharness.py missing")
-    return cellharness.Harness(tmp_path)
+    harness = cellharness.Harness(tmp_path)
+    yield harness
+    harness.cell.stop()  # as the master service does: the lot's datalog is closed
 
 
 def test_real_cell_through_the_api(harness):

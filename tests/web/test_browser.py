@@ -87,6 +87,8 @@ def _child(command: str, what: str):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 @pytest.fixture
