@@ -55,7 +55,7 @@ def test_codec_refuses_a_payload_nested_deeper_than_the_limit():
     codec = Codec(DEVICE, ["0"], "H")
     topic = f"ate/{DEVICE}/Master/cmd"
     ok = codec.decode(topic, _next_payload(nested(MAX_JSON_DEPTH - 4)))
-    assert ok.sites[0].additionalinfo is not None
+    assert ok.sites[0].additionalinfo == nested(MAX_JSON_DEPTH - 4)
     with pytest.raises(ProtocolError) as e:
         codec.decode(topic, _next_payload(nested(MAX_JSON_DEPTH)))
     assert e.value.kind == "not-json" and "nested deeper than 64 levels" in str(e.value)

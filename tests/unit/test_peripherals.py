@@ -45,7 +45,7 @@ def test_single_site_forwards_at_once():
 def test_parameter_key_order_does_not_matter():
     sync = started("0", "1")
     ask(sync, "0", {"temperature": [25], "timeout": 5})
-    assert ask(sync, "1", {"timeout": 5, "temperature": [25]}) is not None
+    assert ask(sync, "1", {"timeout": 5, "temperature": [25]}) == FWD25
 
 
 def test_finished_site_is_not_waited_for():

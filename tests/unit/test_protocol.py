@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -300,8 +301,9 @@ class TestCodecRouting:
 
     def test_messages_are_frozen_and_slotted(self):
         msg = MasterStatus("ready", "")
-        with pytest.raises(Exception):
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'state'"):
             msg.state = "testing"  # type: ignore[misc]
+        assert msg.state == "ready"
         assert not hasattr(msg, "__dict__")
         assert hash(Load("1.1")) == hash(Load("1.1"))
 
