@@ -13,7 +13,7 @@ import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 
 from ate.protocol import messages as m
 from ate.web.feed import sanitize, strict_json
@@ -101,11 +101,15 @@ def server(cell):
     pytest_twisted.blockon(srv.close())
 
 
-def turn() -> defer.Deferred:
-    """Let the reactor run one round (delivery of queued socket data), no timing."""
-    from twisted.internet import reactor
-
-    return deferLater(reactor, 0, lambda: None)
+@defer.inlineCallbacks
+def round_trip(client: UIClient):
+    """Ask the feed for its results and wait for the answer, which it sends at once (never
+    coalesced): whatever the feed sent before that answer has arrived by then, in order.
+    Returns the raw messages received from the call on, the answer last."""
+    mark = len(client.raw)
+    client.command("getresults")
+    yield client.next_of("testresults")
+    return client.raw[mark:]
 
 
 # -- pure helpers --------------------------------------------------------------------------
@@ -383,7 +387,9 @@ def harness(tmp_path):
     if unit not in sys.path:
         sys.path.insert(0, unit)
     cellharness = pytest.importorskip("cellharness", reason="tests/unit/cellharness.py missing")
-    return cellharness.Harness(tmp_path)
+    harness = cellharness.Harness(tmp_path)
+    yield harness
+    harness.cell.stop()  # as the master service does: the lot's datalog is closed
 
 
 @pytest_twisted.inlineCallbacks
@@ -429,12 +435,11 @@ def test_coalesced_broadcasts_arrive_in_order_as_one_write(cell):
     try:
         client = yield srv.connect()
         yield client.next_of("status")  # the end of the connection start
-        yield deferLater(srv.reactor, 0.05)
-        raw_before = len(client.raw)
+        yield round_trip(client)
         for i in range(5):
             srv.feed.broadcast("testresult", {"n": i})
-        yield deferLater(srv.reactor, 0.05)
-        assert len(client.raw) == raw_before  # held until the flush
+        got = yield round_trip(client)
+        assert [json.loads(raw)["type"] for raw in got] == ["testresults"]  # held back
         srv.clock.advance(srv.feed.flush_delay)
         got = []
         while len(got) < 5:
@@ -451,18 +456,16 @@ def test_coalesced_status_and_batches_once_per_flush(cell):
     try:
         client = yield srv.connect()
         yield client.next_of("status")
-        yield deferLater(srv.reactor, 0.05)
-        mark = len(client.raw)
+        yield round_trip(client)
         for _ in range(3):
             srv.feed._cell_event("status", None)
             srv.feed._cell_event("sites", None)
             srv.feed._cell_event("part", 0.01)
-        yield deferLater(srv.reactor, 0.05)
-        assert len(client.raw) == mark
+        got = yield round_trip(client)
+        assert [json.loads(raw)["type"] for raw in got] == ["testresults"]  # held back
         srv.clock.advance(srv.feed.flush_delay)
-        msg = yield client.next_message()
-        yield deferLater(srv.reactor, 0.05)
-        assert msg["type"] == "status"
-        assert len(client.raw) - mark == 1  # three status changes, one message (no lot)
+        got = yield round_trip(client)
+        # three status changes, one message (no lot), in the same write before the answer
+        assert [json.loads(raw)["type"] for raw in got] == ["status", "testresults"]
     finally:
         yield srv.close()
