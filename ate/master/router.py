@@ -33,9 +33,12 @@ def _excerpt(payload: bytes, limit: int = 200) -> str:
     return text + ("…" if len(payload) > limit else "")
 
 
+# module level: a Logger that is a class attribute takes the class's name as namespace
+_remote_log = Logger(namespace="ate.remote")
+
+
 class Router:
     log = Logger(namespace="ate.master.router")
-    remote_log = Logger(namespace="ate.remote")
 
     def __init__(self, cell: Any) -> None:
         self.cell = cell
@@ -104,7 +107,7 @@ class Router:
         self.cell.test_result(msg.site, msg.records)
 
     def _log_line(self, msg: m.LogLine) -> None:
-        relay_remote_line(self.remote_log, msg.app, msg.site, msg.line)
+        relay_remote_line(_remote_log, msg.app, msg.site, msg.line)
         if msg.app == "Control":
             self.cell.control_log(msg.site, msg.line)
 

@@ -56,3 +56,18 @@ def test_a_given_error_message_wins(tmp_path):
     h.mqtt("Control/status/site1", {"type": "status", "interface_version": 1,
                                     "payload": {"state": "error", "error_message": "own"}})
     assert h.cell.error_message_text == "site 1: control app reported error: own"
+
+
+def test_relayed_remote_lines_log_under_ate_remote(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        h = Harness(tmp_path)
+        h.to_initialized()
+        log(h, "1", "INFO", "hello from the control app")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    [event] = [e for e in seen if e.get("ate_text", "").endswith("hello from the control app")]
+    assert event["log_namespace"] == "ate.remote"
