@@ -34,6 +34,7 @@ def plan_part(sites: Any, all_sites: Sequence[str], part_ids: Iterator[int],
               started: float) -> Part:
     """The plan of one ``next``: ``sites`` is its ``SiteInfo`` list, or None for every
     configured site; ``part_ids`` numbers the entries without a part id."""
+    infos: list[dict[str, Any]]
     if sites is None:
         infos = [{"siteid": s, "partid": str(next(part_ids)), "binning": -1}
                  for s in all_sites]
