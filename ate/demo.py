@@ -40,7 +40,6 @@ from twisted.logger import (
 from twisted.python import usage
 
 import ate
-
 from ate.config import (
     ConfigError,
     HandlerConfig,
@@ -423,10 +422,9 @@ def build_demo(options: Any, reactor: Any, broker: Any, *, observe_logs: bool = 
 
 def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_logs: bool,
               stop: Any) -> tuple[DemoService, dict[str, Any]]:
-    from ate.handler.service import HandlerService
+    from ate.broker import free_port
     from ate.sim.sites import SimSitesService
     from ate.tap import build_master
-    from ate.broker import free_port
 
     job_dir = os.path.join(work_dir, "jobs")
     os.makedirs(job_dir)
@@ -478,8 +476,8 @@ def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_lo
 def makeService(options: Options, reactor: Any = None) -> DemoService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: F811 (only tap modules do this)
-    from ate.tap import WebAddressError, install_clean_exit, listen_web_now
     from ate.broker import MosquittoError, free_port, private_broker
+    from ate.tap import WebAddressError, install_clean_exit, listen_web_now
 
     try:
         # mosquitto when installed; else amqtt (pure Python, 2.7x slower: bench/broker.py)

@@ -11,7 +11,6 @@ import tomllib
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, NoReturn, Sequence
 
-
 #: The operator UI shipped with the package (``ate/web/static``).
 DEFAULT_WEBUI_ROOT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web", "static")

@@ -10,9 +10,8 @@ from typing import Any, Mapping
 
 from ate.config.common import (
     HANDLER_TYPES,
-    MqttOptions,
     SERIAL_PARITIES,
-    _Reader,
+    MqttOptions,
     _check_endpoint,
     _check_ident,
     _check_layout,
@@ -24,6 +23,7 @@ from ate.config.common import (
     _read_file,
     _read_mqtt,
     _read_timeouts,
+    _Reader,
     _start,
     _with_warnings,
 )

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ate.config.common import (
+    _MISSING,
     DEFAULT_WEBUI_ROOT,
     JOB_FORMATS,
     JOB_SOURCES,
     MqttOptions,
-    _MISSING,
-    _Reader,
     _check_ident,
     _check_layout,
     _check_list,
@@ -27,6 +26,7 @@ from ate.config.common import (
     _read_file,
     _read_mqtt,
     _read_timeouts,
+    _Reader,
     _split_sites_override,
     _start,
     _with_warnings,

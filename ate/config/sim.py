@@ -10,7 +10,6 @@ from typing import Any, Mapping, Sequence
 
 from ate.config.common import (
     MqttOptions,
-    _Reader,
     _check_ident,
     _check_int,
     _check_list,
@@ -22,6 +21,7 @@ from ate.config.common import (
     _override,
     _read_file,
     _read_mqtt,
+    _Reader,
     _split_sites_override,
     _start,
     _with_warnings,

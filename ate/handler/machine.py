@@ -571,8 +571,9 @@ class HandlerController:
                 return lp.error_response_status(reply.response_type, _line_message(reply))
         if kind == "identify":
             return lp.TesterName(",".join(
-                r.name if isinstance(r, IdentifyResponse) else d for d, r in zip(order, answers)))
-        for device, reply in zip(order, answers):
+                r.name if isinstance(r, IdentifyResponse) else d
+                for d, r in zip(order, answers, strict=True)))
+        for device, reply in zip(order, answers, strict=True):
             if isinstance(reply, GetStateResponse) and reply.state in FAILED_STATES:
                 return lp.error_status(reply.message or f"tester {device} is in {reply.state}")
         return lp.TS_OK

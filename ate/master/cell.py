@@ -262,7 +262,8 @@ class Cell:
         self.tracker.result(site)  # may complete the part
 
     def malformed_result(self, site: str, reason: str) -> None:
-        if self.part is not None and self.tracker.is_tested(site) and not self.tracker.has_result(site):
+        if (self.part is not None and self.tracker.is_tested(site)
+                and not self.tracker.has_result(site)):
             self.machine.fault(f"site {site} sent a malformed test result: {reason}")
         else:
             self.metrics.unexpected_results += 1
@@ -632,7 +633,8 @@ class Cell:
         reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
         self.records.finalise(self.lot, f"aborted: {reason}")
         if self._connected:
-            self._last_publish = self._publish(m.MasterStatus(state="crash", message="master stopped"))
+            self._last_publish = self._publish(
+                m.MasterStatus(state="crash", message="master stopped"))
         self._emit("status", self.status())
 
     # ================================================================================

@@ -69,7 +69,8 @@ MAX_ENTRY_CHARS = 16 * 1024
 LOG_BUFFER_BYTES = 8 * 1024 * 1024
 #: Memory of one entry besides its description and source: the dict, the date, the type.
 _ENTRY_OVERHEAD = 400
-LOGFILE_CAP = 2 * 1024 * 1024  # one getlogfile reply; larger ones kept ~40 MB of heap (bench/fuzz.py)
+# one getlogfile reply; larger ones kept ~40 MB of heap (bench/fuzz.py)
+LOGFILE_CAP = 2 * 1024 * 1024
 LOGFILE_MAX_BYTES = 100 * 1024 * 1024
 LOGFILE_MAX_AGE_DAYS = 14.0
 _LOGFILE_RE = re.compile(r"[0-9]{8}-[0-9]{6}_master\.log", re.ASCII)

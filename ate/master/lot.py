@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ate.stdf.records import writable_int
-from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin
-from ate.stdf.summary import mir_record
+from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin, mir_record
 
 __all__ = ["Lot", "PartOutcome"]
 

@@ -131,7 +131,7 @@ class MasterCore:
     request: Any = None
 
 
-I = MasterInputs
+Inputs = MasterInputs
 builder = TypeMachineBuilder(MasterInputs, MasterCore)
 
 
@@ -251,13 +251,13 @@ def _refuse(command: str, rtype: str, state: Any):
 
 
 _COMMANDS = {
-    "load": I.load,
-    "next": I.next,
-    "unload": I.unload,
-    "reset": I.reset,
-    "site-layout": I.siteLayout,
-    "usersettings": I.usersettings,
-    "binMap": I.binMap,
+    "load": Inputs.load,
+    "next": Inputs.next,
+    "unload": Inputs.unload,
+    "reset": Inputs.reset,
+    "site-layout": Inputs.siteLayout,
+    "usersettings": Inputs.usersettings,
+    "binMap": Inputs.binMap,
 }
 
 _ERRORS = {startup: "error", **{s: "error" for s in CONNECTING}, softerror: "error",
@@ -312,7 +312,7 @@ for _command in ("usersettings", "binMap"):
             _loop(_state, _COMMANDS[_command], _accept)
 
 
-@initialized.upon(I.load).loop()
+@initialized.upon(Inputs.load).loop()
 def _load(inputs: MasterInputs, core: MasterCore, lot_number: str) -> Refusal | None:
     refusal, job = core.fx.prepare_load(lot_number)
     if refusal is not None:
@@ -325,14 +325,14 @@ def _load(inputs: MasterInputs, core: MasterCore, lot_number: str) -> Refusal | 
     return None
 
 
-@initialized.upon(I.jobAccepted).to(loading)
+@initialized.upon(Inputs.jobAccepted).to(loading)
 def _start_load(inputs: MasterInputs, core: MasterCore, job: Job) -> None:
     core.fx.start_load(job)
     _set(core, "loading")
     core.fx.lot_loading()
 
 
-@ready.upon(I.next).loop()
+@ready.upon(Inputs.next).loop()
 def _next(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
     refusal, plan = core.fx.prepare_next(sites)
     if refusal is not None:
@@ -345,7 +345,7 @@ def _next(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
 _next_busy = _reason("next", "busy", testing)
 
 
-@testing.upon(I.next).loop()
+@testing.upon(Inputs.next).loop()
 def _next_while_testing(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
     # A handler that lost the broker may resend its ``next`` (README "Broker loss").
     # The very same request while its part is under test is that resend: it starts
@@ -357,7 +357,7 @@ def _next_while_testing(inputs: MasterInputs, core: MasterCore, sites: Any) -> R
     return Refusal("next", "busy", _next_busy(core), "testing")
 
 
-@ready.upon(I.partStarted).to(testing)
+@ready.upon(Inputs.partStarted).to(testing)
 def _start_part(inputs: MasterInputs, core: MasterCore, plan: Any) -> None:
     core.fx.start_part(plan)
     _set(core, "testing.starting")
@@ -365,19 +365,19 @@ def _start_part(inputs: MasterInputs, core: MasterCore, plan: Any) -> None:
     core.fx.part_started()
 
 
-@testing.upon(I.partStep).loop()
+@testing.upon(Inputs.partStep).loop()
 def _part_step(inputs: MasterInputs, core: MasterCore, step: str) -> None:
     _set(core, f"testing.{step}", core.status.message)
 
 
-@testing.upon(I.partDone).to(ready)
+@testing.upon(Inputs.partDone).to(ready)
 def _part_done(inputs: MasterInputs, core: MasterCore) -> None:
     core.fx.complete_part()
     _set(core, "ready")
     core.fx.part_finished()
 
 
-@ready.upon(I.unload).to(unloading)
+@ready.upon(Inputs.unload).to(unloading)
 def _unload(inputs: MasterInputs, core: MasterCore) -> Refusal | None:
     core.fx.start_unload()
     _set(core, "unloading")
@@ -391,10 +391,10 @@ def _reset(inputs: MasterInputs, core: MasterCore) -> Refusal | None:
 
 
 for _state in (connecting, initialized, softerror, error):
-    _leave(_state, I.reset, resetting, _reset)
+    _leave(_state, Inputs.reset, resetting, _reset)
 
 
-@resetting.upon(I.reset).loop()
+@resetting.upon(Inputs.reset).loop()
 def _reset_again(inputs: MasterInputs, core: MasterCore, timer: PhaseTimer) -> Refusal | None:
     # a reset while resetting starts the reset again, with a fresh timer
     timer.cancel()
@@ -409,14 +409,14 @@ def _layout(inputs: MasterInputs, core: MasterCore, layout: Any) -> Refusal | No
 
 
 for _state in (startup, *CONNECTING, initialized, softerror, error):
-    _loop(_state, I.siteLayout, _layout)
+    _loop(_state, Inputs.siteLayout, _layout)
 
 
 # --------------------------------------------------------------------------------------
 # Phase events.
 
 
-@startup.upon(I.connected).to(connecting)
+@startup.upon(Inputs.connected).to(connecting)
 def _first_connect(inputs: MasterInputs, core: MasterCore) -> None:
     core.fx.first_connect()
     _set(core, "connecting.startup", force=True)
@@ -438,9 +438,9 @@ def _loaded(inputs: MasterInputs, core: MasterCore) -> None:
 
 
 for _state in CONNECTING:
-    _leave(_state, I.synced, initialized, _synced)
-_leave(unloading, I.synced, initialized, _unloaded)
-_leave(loading, I.loaded, ready, _loaded)
+    _leave(_state, Inputs.synced, initialized, _synced)
+_leave(unloading, Inputs.synced, initialized, _unloaded)
+_leave(loading, Inputs.loaded, ready, _loaded)
 
 
 def _fault(inputs: MasterInputs, core: MasterCore, message: str) -> None:
@@ -462,13 +462,13 @@ def _expired(inputs: MasterInputs, core: MasterCore, timer: PhaseTimer) -> None:
 
 LIVE = (*CONNECTING, initialized, loading, ready, testing, unloading)
 for _state in LIVE:
-    _leave(_state, I.fault, softerror, _fault)
+    _leave(_state, Inputs.fault, softerror, _fault)
 for _state in CONNECTING:
-    _leave(_state, I.fatal, error, _fatal)
+    _leave(_state, Inputs.fatal, error, _fatal)
 for _state in (initialized, loading, ready, testing, unloading):
-    _leave(_state, I.fatal, softerror, _fault)
+    _leave(_state, Inputs.fatal, softerror, _fault)
 for _state in TIMED:
-    _state.upon(I.expired).to(softerror)(_expired)
+    _state.upon(Inputs.expired).to(softerror)(_expired)
 
 
 # Broker loss (a "blip"): every state is kept, loading, testing and unloading included.
@@ -532,44 +532,44 @@ def _ignore(name: str, where: str):
 
 
 for _state in ALL_STATES:
-    _loop(_state, I.status, _status)
+    _loop(_state, Inputs.status, _status)
     if _state is stopped:
-        _loop(_state, I.disconnected, _ignore("disconnected", "stopped"))
-        _loop(_state, I.connected, _ignore("connected", "stopped"))
-        _loop(_state, I.stop, _ignore("stop", "stopped"))
+        _loop(_state, Inputs.disconnected, _ignore("disconnected", "stopped"))
+        _loop(_state, Inputs.connected, _ignore("connected", "stopped"))
+        _loop(_state, Inputs.stop, _ignore("stop", "stopped"))
     else:
-        _loop(_state, I.disconnected, _disconnected)
+        _loop(_state, Inputs.disconnected, _disconnected)
         if _state is not startup:
-            _loop(_state, I.connected, _republish)
-        _leave(_state, I.stop, stopped, _stop)
+            _loop(_state, Inputs.connected, _republish)
+        _leave(_state, Inputs.stop, stopped, _stop)
     if _state is unloading:
-        _loop(_state, I.testSummary, _summary)
+        _loop(_state, Inputs.testSummary, _summary)
     else:
-        _loop(_state, I.testSummary, _stray_summary)
+        _loop(_state, Inputs.testSummary, _stray_summary)
     if _state is softerror:
-        _loop(_state, I.handlerStatus, _ignore("handlerStatus", "softerror"))
+        _loop(_state, Inputs.handlerStatus, _ignore("handlerStatus", "softerror"))
     else:
-        _loop(_state, I.handlerStatus,
+        _loop(_state, Inputs.handlerStatus,
               _handler_status(republish=_state not in (startup, stopped)))
     if _state in (softerror, error):
-        _loop(_state, I.completeMessage, _complete_message)
+        _loop(_state, Inputs.completeMessage, _complete_message)
     else:
-        _loop(_state, I.completeMessage, _ignore("completeMessage", _state.name))
+        _loop(_state, Inputs.completeMessage, _ignore("completeMessage", _state.name))
 
 
 # --------------------------------------------------------------------------------------
 # Everything else that can arrive in a state but does not matter there: logged no-ops.
 
 _EVENTS = {
-    "jobAccepted": I.jobAccepted,
-    "partStarted": I.partStarted,
-    "partStep": I.partStep,
-    "synced": I.synced,
-    "loaded": I.loaded,
-    "partDone": I.partDone,
-    "fault": I.fault,
-    "fatal": I.fatal,
-    "expired": I.expired,
+    "jobAccepted": Inputs.jobAccepted,
+    "partStarted": Inputs.partStarted,
+    "partStep": Inputs.partStep,
+    "synced": Inputs.synced,
+    "loaded": Inputs.loaded,
+    "partDone": Inputs.partDone,
+    "fault": Inputs.fault,
+    "fatal": Inputs.fatal,
+    "expired": Inputs.expired,
 }
 
 _HANDLED: dict[str, set[Any]] = {

@@ -105,7 +105,8 @@ def waiting_text(cell: Any) -> str | None:
         if s.get("error_message"):
             text += f" ({s['error_message']})"
         parts.append(text)
-    return f"connecting: waiting for site(s) {', '.join(missing)} to report idle; " + "; ".join(parts)
+    return (f"connecting: waiting for site(s) {', '.join(missing)} to report idle; "
+            + "; ".join(parts))
 
 
 class WaitingReport:

@@ -33,8 +33,8 @@ class TrackerEvents(Protocol):
 
 
 class _Site:
-    __slots__ = ("id", "control", "testapp", "done", "acked", "result", "idle_again", "error_message",
-                 "last_log")
+    __slots__ = ("id", "control", "testapp", "done", "acked", "result", "idle_again",
+                 "error_message", "last_log")
 
     def __init__(self, site_id: str) -> None:
         self.id = site_id
@@ -176,7 +176,8 @@ class SiteTracker:
                     self._events.synced()
             elif state != "idle":
                 s.done = False
-                self.log.debug("site {site}: control {state} while connecting", site=site, state=state)
+                self.log.debug("site {site}: control {state} while connecting", site=site,
+                               state=state)
             return
         if phase == HALTED:
             return

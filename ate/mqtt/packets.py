@@ -37,7 +37,8 @@ def encode_remaining_length(n: int) -> bytes:
             raise ValueError(f"remaining length must be >= 0, got {n}")
         return _SMALL_LENGTHS[n]
     if n > MAX_REMAINING_LENGTH:
-        raise ValueError(f"packet too large for MQTT: remaining length {n} > {MAX_REMAINING_LENGTH}")
+        raise ValueError(
+            f"packet too large for MQTT: remaining length {n} > {MAX_REMAINING_LENGTH}")
     out = bytearray()
     while True:
         b = n & 0x7F

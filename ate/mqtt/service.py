@@ -318,11 +318,13 @@ def _check_options(options: Any) -> None:
     if missing:
         raise TypeError(f"MqttService options: missing attribute(s) {', '.join(missing)}")
     if not isinstance(options.host, str) or not options.host:
-        raise ValueError(f"MqttService options: host must be a non-empty string, got {options.host!r}")
+        raise ValueError(
+            f"MqttService options: host must be a non-empty string, got {options.host!r}")
     if not isinstance(options.port, int) or not 0 < options.port < 65536:
         raise ValueError(f"MqttService options: port must be 1..65535, got {options.port!r}")
     if not isinstance(options.keepalive, int) or options.keepalive <= 0:
-        raise ValueError(f"MqttService options: keepalive must be a positive integer, got {options.keepalive!r}")
+        raise ValueError("MqttService options: keepalive must be a positive integer, "
+                         f"got {options.keepalive!r}")
 
 
 def _check_qos(what: str, qos: object) -> None:
@@ -370,11 +372,13 @@ class MqttService(Service):
     ) -> None:
         _check_options(options)
         if not isinstance(client_id, str) or not client_id:
-            raise ValueError(f"MqttService: client_id must be a non-empty string, got {client_id!r}")
+            raise ValueError(
+                f"MqttService: client_id must be a non-empty string, got {client_id!r}")
         if will is not None:
             if not (isinstance(will, tuple) and len(will) == 3 and isinstance(will[0], str)
                     and will[0] and isinstance(will[1], (bytes, bytearray))):
-                raise ValueError(f"MqttService: will must be (topic, payload bytes, qos), got {will!r}")
+                raise ValueError(
+                    f"MqttService: will must be (topic, payload bytes, qos), got {will!r}")
             _check_qos("MqttService will", will[2])
         subscriptions = tuple((str(t), q) for t, q in subscriptions)
         for topic, qos in subscriptions:
@@ -383,7 +387,8 @@ class MqttService(Service):
             _check_qos(f"MqttService subscription {topic!r}", qos)
         low, high = backoff
         if not (0 < low <= high):
-            raise ValueError(f"MqttService: backoff must be (min, max) with 0 < min <= max, got {backoff!r}")
+            raise ValueError("MqttService: backoff must be (min, max) with 0 < min <= max, "
+                             f"got {backoff!r}")
         if not callable(on_message):
             raise TypeError("MqttService: on_message must be callable")
 
@@ -448,7 +453,8 @@ class MqttService(Service):
         if not isinstance(topic, str) or not topic:
             return fail(ValueError(f"publish: topic must be a non-empty string, got {topic!r}"))
         if not isinstance(payload, (bytes, bytearray)):
-            return fail(TypeError(f"publish to {topic!r}: payload must be bytes, got {type(payload).__name__}"))
+            return fail(TypeError(f"publish to {topic!r}: payload must be bytes, "
+                                  f"got {type(payload).__name__}"))
         try:
             _check_qos(f"publish to {topic!r}", qos)
         except ValueError as e:
@@ -498,7 +504,8 @@ class MqttService(Service):
         for mid, (d, qos) in list(self._pending.items()):
             if qos == 0:
                 del self._pending[mid]
-                d.errback(MqttNotConnected(f"connection lost before the message was written ({reason})"))
+                d.errback(MqttNotConnected(
+                    f"connection lost before the message was written ({reason})"))
         self._checkDrained()
         if self._on_disconnected is not None:
             self._call_app("on_disconnected", self._on_disconnected)

@@ -46,9 +46,9 @@ service can see it:
   back after every reconnect) cannot make us lose the session. Any other
   packet above the cap is a protocol error (the connection is dropped).
 
-TLS (C{options.tls}): the settings of L{ate.mqtt.tls}. Unlike paho, the TLS handshake completes after C{connect()} has fired, so a
-handshake failure shows up as C{linkLost} before the CONNACK rather than as
-a failed connect; the service retries either way.
+TLS (C{options.tls}): the settings of L{ate.mqtt.tls}. Unlike paho, the TLS handshake
+completes after C{connect()} has fired, so a handshake failure shows up as C{linkLost}
+before the CONNACK rather than as a failed connect; the service retries either way.
 """
 
 from __future__ import annotations
@@ -612,7 +612,8 @@ class TwistedLink:
             return
         if first in (0x40, 0x50, 0x62, 0x70) or first == 0xB0:
             if length != 2:
-                self._protocolError(conn, f"packet type {first >> 4} with remaining length {length}")
+                self._protocolError(
+                    conn, f"packet type {first >> 4} with remaining length {length}")
                 return
             mid = (data[start] << 8) | data[start + 1]
             if first == 0x40:  # PUBACK

@@ -10,7 +10,6 @@ from typing import Any
 from ate.protocol.errors import ProtocolError
 from ate.protocol.topics import RESERVED_APPS
 
-
 _JTYPES = {
     str: "a string", int: "an integer", float: "a number", bool: "a boolean",
     type(None): "null", list: "an array", dict: "an object",

@@ -205,7 +205,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
 
-    from ate.tap import Listening, ListenError, install_clean_exit, listen_now
+    from ate.tap import ListenError, Listening, install_clean_exit, listen_now
 
     lots = options["lots"]
     lot_list = (options["lot"],) * max(lots, 1)

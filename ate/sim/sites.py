@@ -60,12 +60,12 @@ from ate.protocol import LOG_LEVEL_NAMES, LOG_LEVELS
 from ate.sim.truth import GroundTruth, PartRecord
 from ate.sim.wire import (
     CONTROL_STATES,
+    TESTAPP_WILL_PAYLOAD,
     ControlCommand,
     MasterStatusSeen,
     Outbound,
     SimInputError,
     SiteMessage,
-    TESTAPP_WILL_PAYLOAD,
     TestAppCommand,
     control_status_payload,
     control_will,

@@ -88,6 +88,7 @@ class HandlerClient:
         if expect is not None:
             d = self.wait_state(expect, timeout)
         else:
-            d = self.wait_response("error" if type_ in ("load", "unload", "reset") else type_, timeout)
+            d = self.wait_response(
+                "error" if type_ in ("load", "unload", "reset") else type_, timeout)
         await self.send(type_, payload)
         return await d

@@ -396,7 +396,8 @@ class PrometheusMetrics:
                [("", mt.cycles)])
         metric("ate_commands_refused_total", "counter", "Commands refused with an error response.",
                [("", mt.commands_refused)])
-        metric("ate_protocol_errors_total", "counter", "Malformed or unexpected MQTT messages by kind.",
+        metric("ate_protocol_errors_total", "counter",
+               "Malformed or unexpected MQTT messages by kind.",
                [(_labels(kind=k), v) for k, v in sorted(mt.protocol_errors.items())])
         metric("ate_unexpected_results_total", "counter", "Test results that were not expected.",
                [("", mt.unexpected_results)])
@@ -433,7 +434,7 @@ class PrometheusMetrics:
 
         lines.append("# HELP ate_cycle_seconds Handler cycle time, from next to the response.")
         lines.append("# TYPE ate_cycle_seconds histogram")
-        for bound, count in zip(self.buckets, self.bucket_counts):
+        for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
             lines.append(f'ate_cycle_seconds_bucket{{le="{_number(float(bound))}"}} {count}')
         lines.append(f'ate_cycle_seconds_bucket{{le="+Inf"}} {self.cycle_count}')
         lines.append(f"ate_cycle_seconds_sum {_number(self.cycle_sum)}")

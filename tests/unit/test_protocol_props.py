@@ -20,7 +20,7 @@ from ate.protocol import (
     TestAppSetHBin, TestAppSetLogLevel, TestAppSetParameter, TestAppStatus,
     TestAppTerminate, TestResult, TestSummary, Unload,
 )
-from ate.protocol.messages import _is_level
+from ate.protocol.reading import _is_level
 
 D = "SCT-81-1F"
 H = "HTO92-20F"
@@ -46,7 +46,7 @@ json_value = st.recursive(
 json_object = st.dictionaries(text, json_value, max_size=5)
 pairs = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
                  min_size=1, max_size=4).map(tuple)
-ptype = nonempty.filter(_is_level)  # a topic level a broker takes (messages._is_level)
+ptype = nonempty.filter(_is_level)  # a topic level a broker takes (reading._is_level)
 
 
 def record(name: str) -> st.SearchStrategy[dict]:

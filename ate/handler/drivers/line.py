@@ -27,9 +27,9 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from twisted.logger import Logger
 
 from ate.handler import lineproto as lp
 from ate.handler.drivers import RequestSink
