@@ -6,7 +6,11 @@ from typing import Callable
 
 from ate.protocol.errors import ProtocolError
 from ate.protocol.kinds import (
+    _NEXT_ALL,
+    _SITEINFO_KEYS,
     CONTROL_STATES,
+    RESPONSE_TYPES,
+    TESTAPP_STATES,
     ControlLoadTest,
     ControlReset,
     ControlSetLogLevel,
@@ -31,10 +35,8 @@ from ate.protocol.kinds import (
     NextResult,
     PeripheralResponseRelay,
     PeripheralStatus,
-    RESPONSE_TYPES,
     SiteInfo,
     SiteLayout,
-    TESTAPP_STATES,
     TestAppGetExecutionStrategy,
     TestAppNext,
     TestAppReset,
@@ -45,13 +47,11 @@ from ate.protocol.kinds import (
     TestAppTerminate,
     TestResult,
     TestSummary,
-    _NEXT_ALL,
-    _SITEINFO_KEYS,
 )
 from ate.protocol.reading import (
-    _Ctx,
     _MISSING,
     _PRR_BINS,
+    _Ctx,
     _is_level,
     _json_short,
     _loads,
@@ -59,7 +59,6 @@ from ate.protocol.reading import (
     _short,
 )
 from ate.protocol.topics import RESERVED_APPS
-
 
 _Decoder = Callable[[str, "str | None", bytes], "Message | None"]
 
@@ -301,7 +300,7 @@ class Decoding:
             bins: dict[str, list[str]] = {}
             if "bin_table" in p:
                 table = ctx.obj(p, "bin_table", path + "bin_table")
-                for hbin, sbins in table.items():
+                for hbin in table:
                     bins[hbin] = list(ctx.str_list(table, hbin, f"{path}bin_table.{hbin}"))
             return ControlLoadTest(
                 sites,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ate.protocol.kinds import (
+    _SIMPLE_TYPES,
+    RESPONSE_TYPES,
     ControlLoadTest,
     ControlReset,
     ControlSetLogLevel,
@@ -26,7 +28,6 @@ from ate.protocol.kinds import (
     NextResponse,
     PeripheralResponseRelay,
     PeripheralStatus,
-    RESPONSE_TYPES,
     SiteLayout,
     TestAppGetExecutionStrategy,
     TestAppNext,
@@ -39,7 +40,6 @@ from ate.protocol.kinds import (
     TestResult,
     TestSummary,
     Unload,
-    _SIMPLE_TYPES,
     dumps,
 )
 

@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
-
 HANDLER_COMMANDS = frozenset(
     {"load", "next", "unload", "endlot", "reset", "identify", "get-state",
      "site-layout", "get-host"}

@@ -29,7 +29,17 @@ from typing import Any, Callable, Sequence
 from ate.protocol.decoding import Decoding, _Decoder, _ignore
 from ate.protocol.encoding import Encoding
 from ate.protocol.kinds import (
+    _ENDLOT,
+    _GETHOST,
+    _GETSTATE,
+    _IDENTIFY,
+    _RESET,
+    _UNLOAD,
     CONTROL_STATES,
+    HANDLER_COMMANDS,
+    MESSAGE_TYPES,
+    RESPONSE_TYPES,
+    TESTAPP_STATES,
     ControlLoadTest,
     ControlReset,
     ControlSetLogLevel,
@@ -40,7 +50,6 @@ from ate.protocol.kinds import (
     GetHostResponse,
     GetState,
     GetStateResponse,
-    HANDLER_COMMANDS,
     HandlerCommand,
     HandlerResponse,
     HandlerStatus,
@@ -51,7 +60,6 @@ from ate.protocol.kinds import (
     IoControlResponse,
     Load,
     LogLine,
-    MESSAGE_TYPES,
     MasterStatus,
     Message,
     Next,
@@ -59,11 +67,9 @@ from ate.protocol.kinds import (
     NextResult,
     PeripheralResponseRelay,
     PeripheralStatus,
-    RESPONSE_TYPES,
     Reset,
     SiteInfo,
     SiteLayout,
-    TESTAPP_STATES,
     TestAppGetExecutionStrategy,
     TestAppNext,
     TestAppReset,
@@ -75,15 +81,9 @@ from ate.protocol.kinds import (
     TestResult,
     TestSummary,
     Unload,
-    _ENDLOT,
-    _GETHOST,
-    _GETSTATE,
-    _IDENTIFY,
-    _RESET,
-    _UNLOAD,
     dumps,
 )
-from ate.protocol.reading import MAX_JSON_DEPTH, _Ctx, _is_level, json_too_deep
+from ate.protocol.reading import MAX_JSON_DEPTH, _Ctx, json_too_deep
 from ate.protocol.topics import Topics
 
 __all__ = [

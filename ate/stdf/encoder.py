@@ -10,10 +10,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from ate.stdf.fixes import Fixes, _sanitise
-from ate.stdf.spec import (_FLAG_BASE, _FLAG_USERS, _HEADER, _INT_RANGE, _SPECS, _STRUCTS,
-                           RecordError, _Field, _Spec, _spec_of)
-from ate.stdf.values import (_bit_bytes, _check_float, _check_int, _enc_array, _enc_c1,
-                             _enc_cn, _pack_float)
+from ate.stdf.spec import (
+    _FLAG_BASE,
+    _FLAG_USERS,
+    _HEADER,
+    _INT_RANGE,
+    _SPECS,
+    _STRUCTS,
+    RecordError,
+    _Field,
+    _Spec,
+    _spec_of,
+)
+from ate.stdf.values import (
+    _bit_bytes,
+    _check_float,
+    _check_int,
+    _enc_array,
+    _enc_c1,
+    _enc_cn,
+    _pack_float,
+)
 
 # ---------------------------------------------------------------------------------------
 # Generic path

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-from ate.stdf.spec import _ARRAYS, _INT_RANGE, RecordError, _Spec, _short, _spec_of
+from ate.stdf.spec import _ARRAYS, _INT_RANGE, RecordError, _short, _Spec, _spec_of
 from ate.stdf.values import _bit_bytes
 
 # What the sanitising encoder changes, one kind per kind of change (counted per lot).

@@ -20,8 +20,15 @@ import os
 import re
 from typing import Any
 
-from ate.stdf.records import (Fixes, RawRecord, ascii_patch, decode, detect_endian, encode,
-                              iter_records)
+from ate.stdf.records import (
+    Fixes,
+    RawRecord,
+    ascii_patch,
+    decode,
+    detect_endian,
+    encode,
+    iter_records,
+)
 from ate.stdf.summary import Tally, footer_records, is_abort_bin, is_good_bin, summary_text
 
 __all__ = ["recover_directory", "recover_file", "RECOVERED"]
