@@ -44,10 +44,10 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, protocol, reactor, task  # noqa: E402
 
+from ate.broker import Mosquitto, free_port  # noqa: E402
 from ate.config import sim_config_from_dict  # noqa: E402
 from ate.mqtt.link import DEFAULT_LINK, LINKS  # noqa: E402
 from ate.sim.sites import SimSitesService  # noqa: E402
-from ate.broker import Mosquitto, free_port  # noqa: E402
 from ate.testing.peers import HandlerClient  # noqa: E402
 
 DEVICE = "SCT-81-1F"
@@ -144,7 +144,8 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
         "bins": [{"sbin": 1, "hbin": 1, "weight": 1}], "seed": 1}, source="bench")
     sim = SimSitesService(reactor, sim_cfg, client_id=f"simsites.bench.{kind}.{n}")
     sim.startService()
-    handler = HandlerClient(reactor, broker.host, broker.port, DEVICE, client_id=f"bench.{kind}.{n}")
+    handler = HandlerClient(reactor, broker.host, broker.port, DEVICE,
+                            client_id=f"bench.{kind}.{n}")
     await handler.start()
     await sim.mqtt.whenConnected()
     up = handler.wait_state("initialized", 60)

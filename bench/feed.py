@@ -188,7 +188,8 @@ def child_main(args) -> None:
             pass
         with open(args.out, "wb") as f:
             pickle.dump({"kind": rec.kind.tobytes(), "cycle": rec.cycle.tobytes(),
-                         "t": rec.t.tobytes(), "client": rec.client.tobytes(), "messages": rec.messages,
+                         "t": rec.t.tobytes(), "client": rec.client.tobytes(),
+                         "messages": rec.messages,
                          "errors": rec.errors, "clients": len(opened),
                          "cpu": time.process_time(),
                          "closed": len(closed)}, f)
@@ -208,8 +209,16 @@ def pct(xs: list[float], q: float) -> float:
 async def bench(args) -> None:
     from twisted.internet import defer, protocol, reactor, task
 
-    from cycle import (DEVICE, LOT, Mosquitto, SimSitesService, HandlerClient, cpu_seconds,
-                       sim_config_from_dict, spawn_master)
+    from cycle import (
+        DEVICE,
+        LOT,
+        HandlerClient,
+        Mosquitto,
+        SimSitesService,
+        cpu_seconds,
+        sim_config_from_dict,
+        spawn_master,
+    )
 
     class Child(protocol.ProcessProtocol):
         def __init__(self) -> None:
@@ -333,7 +342,7 @@ async def bench(args) -> None:
                 # a client's stream is in order: its last testresult of cycle k is the one
                 # just before its yield of cycle k
                 prev_tr: dict[tuple[int, int], float] = {}
-                for kind, k, t, c in zip(kinds, cycles, ts, clients):
+                for kind, k, t, c in zip(kinds, cycles, ts, clients, strict=True):
                     if not (k0 <= k < k1):
                         continue
                     counts["got"] += 1
@@ -369,12 +378,14 @@ async def bench(args) -> None:
 
     off, on = cyc[False], cyc[True]
     print()
-    print(f"{n} sites, T = 0, pace {args.pace or 'none'}, {len(off)} cycles each way in {args.blocks * 2} alternating "
+    print(f"{n} sites, T = 0, pace {args.pace or 'none'}, {len(off)} cycles each way in "
+          f"{args.blocks * 2} alternating "
           f"blocks; {args.clients} clients in a child process (nice {args.nice})")
     print()
     print("| mode | cycles | cycle p50 ms | cycle p99 ms | parts/s | master CPU ms/cycle |")
     print("|---|---|---|---|---|---|")
-    for name, xs, c in (("no clients", off, cpu[False]), (f"{args.clients} clients", on, cpu[True])):
+    for name, xs, c in (("no clients", off, cpu[False]),
+                        (f"{args.clients} clients", on, cpu[True])):
         print(f"| {name} | {len(xs)} | {statistics.median(xs) * 1e3:.3f} | "
               f"{pct(xs, 0.99) * 1e3:.3f} | {len(xs) * n / sum(xs):.0f} | "
               f"{c / len(xs) * 1e3:.3f} |")

@@ -35,8 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 from twisted.internet import task  # noqa: E402
 
-from ate.broker import Mosquitto  # noqa: E402
 import fuzzharness as fh  # noqa: E402
+from ate.broker import Mosquitto  # noqa: E402
 
 RSS_LIMIT = 30 * 2 ** 20
 

@@ -76,14 +76,16 @@ async def one(reactor, link: str, port: int, count: int, size: int) -> dict:
         await gatherResults([receiver.whenConnected(), sender.whenConnected()])
         while not got:  # until the receiver's subscription is in place
             await sender.publish(topic, b"warm-up", qos)
-            await Deferred.fromCoroutine(_until(reactor, lambda: bool(got), 0.2, fail=False))
+            await Deferred.fromCoroutine(_until(reactor, lambda got=got: bool(got), 0.2,
+                                                    fail=False))
         await Deferred.fromCoroutine(_until(reactor, lambda: False, 0.2, fail=False))
         got.clear()
         payload = b"x" * size
         c0, w0 = cpu_seconds(), time.perf_counter()
         acks = [sender.publish(topic, payload, qos) for _ in range(count)]
         await gatherResults(acks)
-        await Deferred.fromCoroutine(_until(reactor, lambda: len(got) >= count, 120))
+        await Deferred.fromCoroutine(_until(reactor, lambda got=got: len(got) >= count,
+                                                120))
         wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
         assert got == [payload] * count, f"QoS {qos}: {len(got)}/{count} received"
         result[f"q{qos}_msgs_s"] = count / wall

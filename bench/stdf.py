@@ -233,7 +233,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for i, (_label, _n, fn) in enumerate(runs):
                 times[i] = min(times[i], fn())
-        rows = [(label, n, t, None) for (label, n, _), t in zip(runs, times)]
+        rows = [(label, n, t, None) for (label, n, _), t in zip(runs, times, strict=True)]
         base = times[0]
         base_rps = len(parts) * RECORDS_PER_PART / base
         print(f"STDF bench: {RECORDS_PER_PART} records per part (PIR + 5 PTR + PRR), "

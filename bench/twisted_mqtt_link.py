@@ -37,12 +37,11 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+from mqtt.client.factory import MQTTFactory  # twisted-mqtt
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-from mqtt.client.factory import MQTTFactory  # twisted-mqtt
 
 from ate.mqtt.link import LinkListener, MqttLinkError
 
