@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, cast
 
 from ate.protocol.errors import ProtocolError
 from ate.protocol.kinds import (
@@ -60,7 +60,8 @@ from ate.protocol.reading import (
 )
 from ate.protocol.topics import RESERVED_APPS
 
-_Decoder = Callable[[str, "str | None", bytes], "Message | None"]
+# the site argument is None for the fixed topics and a site id for the per-site ones
+_Decoder = Callable[[str, Any, bytes], "Message | None"]
 
 # Sub-topics below ~/TestApp/ and ~/Control/ that carry a site (siteN last).
 _TESTAPP_SITE_SUBTOPICS = ("status", "testresult", "testsummary",
@@ -78,6 +79,15 @@ def _ignore(topic: str, site: str | None, payload: bytes) -> None:
 class Decoding:
     """The decoding half of :class:`ate.protocol.messages.Codec`: one method per topic
     and command; the tables that pick them are built by ``Codec.__init__``."""
+
+    # set by ``Codec.__init__``
+    device_id: str
+    handler_id: str | None
+    sites: tuple[str, ...]
+    _site_set: frozenset[str]
+    _prefix: str
+    _fixed: dict[str, tuple[_Decoder, str | None]]
+    _cmd_decoders: dict[str, Callable[[_Ctx, dict], Message]]
 
     # ------------------------------------------------------------------ decode
     def decode(self, topic: str, payload: bytes) -> Message | None:
@@ -190,6 +200,7 @@ class Decoding:
                 raise ctx.error(f"payload.sites[{i}].siteid",
                                 f"site {sid} appears more than once")
             seen.add(sid)
+            extra: tuple[tuple[str, Any], ...]
             if entry.keys() <= _SITEINFO_KEYS:
                 extra = ()
             else:
@@ -513,7 +524,8 @@ class Decoding:
         obj = _loads(topic, payload)
         ctx = _Ctx(topic)
         p = ctx.obj(obj, "payload", "payload")
-        return HandlerStatus(self.handler_id, ctx.str_(p, "state", "payload.state"),
+        # only listed in the topic table when handler_id is set
+        return HandlerStatus(cast(str, self.handler_id), ctx.str_(p, "state", "payload.state"),
                              ctx.opt_str(p, "message", "payload.message", ""))
 
     def _dec_handler_command(self, topic: str, _site: None, payload: bytes) -> HandlerCommand:

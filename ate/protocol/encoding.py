@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from ate.protocol.kinds import (
     _SIMPLE_TYPES,
     RESPONSE_TYPES,
@@ -42,11 +44,19 @@ from ate.protocol.kinds import (
     Unload,
     dumps,
 )
+from ate.protocol.topics import Topics
 
 
 class Encoding:
     """The encoding half of :class:`ate.protocol.messages.Codec`: one method per message
     kind; the table that picks them is built by ``Codec.__init__``."""
+
+    # set by ``Codec.__init__``
+    topics: Topics
+    handler_id: str | None
+    _encoders: dict[type, Callable[[Any], tuple[str, bytes]]]
+    _site_topics: dict[str, tuple[str, ...]]
+    _make_site_topics: Callable[[str], tuple[str, ...]]
 
     def encode(self, msg: Message) -> tuple[str, bytes]:
         """Return ``(topic, payload)`` for ``msg``, ready to publish."""

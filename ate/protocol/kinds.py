@@ -42,9 +42,6 @@ class Message:
     __test__ = False  # ``TestResult`` & co. are not pytest test classes
 
 
-_frozen = dataclass(frozen=True, slots=True)
-
-
 def _pass(default: Any = None) -> Any:
     """A pass-through field: compared, but not hashed (may hold lists/dicts)."""
     return field(default=default, hash=False)
@@ -52,7 +49,7 @@ def _pass(default: Any = None) -> Any:
 
 # -- handler -> master, ~/Master/cmd (2.2, 4.1) -----------------------------
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class Load(Message):
     """``load``: only the lot number is used (4.1). ``devicetype`` and ``temperature``
     are what ate-handler sends along from the ``LL`` line (13.4); the master's decode
@@ -65,7 +62,7 @@ class Load(Message):
 _SITEINFO_KEYS = frozenset({"siteid", "partid", "binning", "logflag", "additionalinfo"})
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class SiteInfo:
     """One entry of a handler ``next``: passed through to the TestApps (6.1).
 
@@ -95,7 +92,7 @@ class SiteInfo:
         return d
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class Next(Message):
     """``next``: ``sites`` is ``None`` when the handler sent no site list,
     which means "test every configured site" (4.5 item 2)."""
@@ -108,33 +105,33 @@ class Next(Message):
         return [s.to_wire() for s in self.sites]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class Unload(Message):
     """``unload``; ``alias`` is true when it arrived as ``endlot``."""
     alias: bool = False
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class Reset(Message):
     """``reset``."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class Identify(Message):
     """``identify``."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class GetState(Message):
     """``get-state``."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class GetHost(Message):
     """``get-host``."""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class SiteLayout(Message):
     """``site-layout``: entry i is ``(x, y)`` of site i (4.1, 4.8)."""
     layout: tuple[tuple[int, int], ...]
@@ -142,7 +139,7 @@ class SiteLayout(Message):
 
 # -- master -> handler, ~/Master/response and ~/Master/status (2.1, 2.3, 4.2)
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class NextResult:
     """One entry of a ``next`` response (4.5 item 4)."""
     siteid: str
@@ -152,29 +149,29 @@ class NextResult:
     additionalinfo: Any = _pass(0)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class NextResponse(Message):
     sites: tuple[NextResult, ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class IdentifyResponse(Message):
     name: str
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class GetStateResponse(Message):
     state: str
     message: str | None = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class GetHostResponse(Message):
     host: str
     port: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ErrorResponse(Message):
     """A refused command (4.2). ``message`` is the human-readable reason; it
     goes to the top level only for ``response_type == "error"``."""
@@ -184,7 +181,7 @@ class ErrorResponse(Message):
     message: str = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class MasterStatus(Message):
     """``~/Master/status`` (2.1). ``message`` is ``None`` when the sender
     (the reference) wrote ``null``."""
@@ -194,7 +191,7 @@ class MasterStatus(Message):
 
 # -- master -> sites, ~/Control/cmd (2.4) and ~/TestApp/cmd (2.6) -----------
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ControlLoadTest(Message):
     """``loadTest``; ``bin_table`` in wire form, ``{hbin: [sbin, ...]}`` (5.4)."""
     sites: tuple[str, ...]
@@ -204,18 +201,18 @@ class ControlLoadTest(Message):
     bin_table: Mapping[str, Sequence[str]] = _pass(None)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ControlReset(Message):
     sites: tuple[str, ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ControlSetLogLevel(Message):
     sites: tuple[str, ...]
     level: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppNext(Message):
     """TestApp ``next``; ``job_data`` as in 6.1 (user settings + ``sites_info``)."""
     sites: tuple[str, ...]
@@ -227,29 +224,29 @@ class TestAppNext(Message):
         return self.job_data["sites_info"]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppTerminate(Message):
     sites: tuple[str, ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppReset(Message):
     sites: tuple[str, ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppSetLogLevel(Message):
     sites: tuple[str, ...]
     level: int
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppGetExecutionStrategy(Message):
     sites: tuple[str, ...]
     layout: tuple[tuple[int, int], ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppSetHBin(Message):
     """``sethbin``: soft and hard bin are strings on the wire (2.6)."""
     sites: tuple[str, ...]
@@ -257,7 +254,7 @@ class TestAppSetHBin(Message):
     hbin: str
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppSetParameter(Message):
     """``setparameter`` (2.6): supported by TestApps, sent by no master."""
     sites: tuple[str, ...]
@@ -266,7 +263,7 @@ class TestAppSetParameter(Message):
 
 # -- sites -> master (2.5, 2.7-2.11, 9.1) ------------------------------------
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ControlStatus(Message):
     site: str
     state: str
@@ -274,14 +271,14 @@ class ControlStatus(Message):
     interface_version: int = 1
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestAppStatus(Message):
     """``state`` is ``"crash"`` for the TestApp's last will (2.7)."""
     site: str
     state: str
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestResult(Message):
     """One part of one site: PIR, results, exactly one PRR, last (2.8)."""
     site: str
@@ -293,21 +290,21 @@ class TestResult(Message):
         return self.records[-1]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class TestSummary(Message):
     """TSR records sent at terminate (2.9)."""
     site: str
     records: tuple[Mapping[str, Any], ...] = _pass(())
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class ExecutionStrategy(Message):
     """``strategy[t][s]`` is the tuple of site ids of stage s of test t (2.10)."""
     site: str
     strategy: tuple[tuple[tuple[str, ...], ...], ...]
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class LogLine(Message):
     """A remote log line; ``app`` is ``"Control"`` or ``"TestApp"`` (2.11)."""
     app: str
@@ -315,7 +312,7 @@ class LogLine(Message):
     line: str
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class IoControlRequest(Message):
     """``~/TestApp/io-control/siteN/request`` (9.1)."""
     site: str
@@ -326,7 +323,7 @@ class IoControlRequest(Message):
 
 # -- peripherals (9) -----------------------------------------------------------
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class IoControlForward(Message):
     """Master -> actuator on ``~/P/io-control/request`` (9.3 item 1)."""
     periphery_type: str
@@ -334,7 +331,7 @@ class IoControlForward(Message):
     parameters: Any = _pass()
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class IoControlResponse(Message):
     """Actuator -> master on ``~/P/io-control/response``; payload kept as given."""
     periphery_type: str
@@ -345,14 +342,14 @@ class IoControlResponse(Message):
         return self.payload.get("ioctl_name")
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class PeripheralResponseRelay(Message):
     """Master -> TestApps on ``~/Master/P/response`` (9.3 items 3, 4)."""
     periphery_type: str
     payload: Mapping[str, Any] = _pass(None)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class PeripheralStatus(Message):
     """Actuator availability on ``~/P/status`` (9.4)."""
     periphery_type: str
@@ -361,21 +358,21 @@ class PeripheralStatus(Message):
 
 # -- handler application (4.9, 13.1) ------------------------------------------
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class HandlerStatus(Message):
     handler_id: str
     state: str
     message: str | None = ""
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class HandlerCommand(Message):
     """Master -> handler on ``~/Handler/command`` (e.g. ``temperature``)."""
     command: str
     payload: Mapping[str, Any] = _pass(None)
 
 
-@_frozen
+@dataclass(frozen=True, slots=True)
 class HandlerResponse(Message):
     """Handler -> (master) on ``ate/H/Handler/response``."""
     payload: Mapping[str, Any] = _pass(None)

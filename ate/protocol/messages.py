@@ -24,7 +24,7 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from ate.protocol.decoding import Decoding, _Decoder, _ignore
 from ate.protocol.encoding import Encoding
@@ -156,8 +156,9 @@ class Codec(Decoding, Encoding):
             t.handler_command: (self._dec_handler_command, None),
         }
         if handler_id is not None:
-            fixed[t.handler_status] = (self._dec_handler_status, None)
-            fixed[t.handler_response] = (self._dec_handler_response, None)
+            # both are set when handler_id is
+            fixed[cast(str, t.handler_status)] = (self._dec_handler_status, None)
+            fixed[cast(str, t.handler_response)] = (self._dec_handler_response, None)
         self._site_topics: dict[str, tuple[str, ...]] = {}
         for s in sites:
             fixed[t.control_status(s)] = (self._dec_control_status, s)
