@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ate.stdf.fixes import Fixes, _sanitise
 from ate.stdf.spec import (
@@ -75,7 +75,8 @@ def _encode_generic(spec: _Spec, rec: Mapping[str, Any], e: str) -> bytes:
     missing_bits: dict[str, int] = {}
     for fld in _FLAG_USERS[spec.name]:
         if rec.get(fld.name) is None:
-            missing_bits[fld.flag] = missing_bits.get(fld.flag, 0) | fld.bit
+            flag = cast(str, fld.flag)  # _FLAG_USERS holds flagged fields only
+            missing_bits[flag] = missing_bits.get(flag, 0) | fld.bit
     base = _FLAG_BASE[spec.name]
     parts: list[bytes] = []
     for fld in spec.fields:

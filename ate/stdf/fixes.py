@@ -73,7 +73,8 @@ def _int_fix(value: Any, lo: int, hi: int) -> tuple[int | None, str | None]:
         try:
             f = float(value)
         except OverflowError:
-            f = math.inf if value > 0 else -math.inf
+            # numbers.Real declares no comparison operators in typeshed
+            f = math.inf if value > 0 else -math.inf  # type: ignore[operator]
         if f != f:
             return None, FIX_NONFINITE
         if f in (math.inf, -math.inf):
@@ -159,7 +160,7 @@ def _bits_fix(name: str, value: Any, where: str, fixes: Fixes, limit: int) -> An
 
 
 def _element_fix(elem: str, values: Any, where: str, fixes: Fixes) -> list:
-    out = []
+    out: list[Any] = []
     if elem == "R4":
         for v in values:
             if isinstance(v, Real) and not isinstance(v, (str, bytes)):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from ate.stdf.spec import _BY_TYPE, _HEADER, _SIZES, _SPECS, _STRUCT_CODE, _STRUCTS, _Spec
 
@@ -197,11 +197,11 @@ def decode(raw: RawRecord, endian: str = "<") -> dict[str, Any]:
                 bits = rd.num("U2")
                 out[fld.name] = list(rd.take((bits + 7) // 8))
             else:
-                n = out.get(fld.count) or 0
+                n = out.get(cast(str, fld.count)) or 0  # an array field has a count
                 elem = kind[1:]
                 if elem == "N1":
                     packed = rd.take((n + 1) // 2)
-                    vals = []
+                    vals: list[int] = []
                     for b in packed:
                         vals.extend((b & 0x0F, b >> 4))
                     out[fld.name] = vals[:n]

@@ -109,7 +109,7 @@ def recover_file(path: str) -> str | None:
 
         keep_end = 0
         seen: set[str] = set()
-        open_parts: set[tuple[int, int]] = set()
+        open_parts: set[tuple[Any, Any]] = set()  # (HEAD_NUM, SITE_NUM) as decoded
         pending: list[dict[str, Any]] = []
         kept: list[dict[str, Any]] = []
         sites: list[str] = []

@@ -180,7 +180,8 @@ class Datalog:
                     name = rec.get("type")
                     if type(name) is not str:
                         name = rec.get("rec_id")
-                    encoder = encoders.get(name)
+                    # any value: a non-string finds nothing, an unhashable one raises
+                    encoder = encoders.get(name)  # type: ignore[arg-type]
                 except (AttributeError, TypeError):
                     encoder = None
                 if encoder is None:

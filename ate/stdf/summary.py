@@ -247,8 +247,8 @@ def tsr_totals(tsrs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             vals = [v for v in (_tsr_count(t, name) for t in items) if v is not None]
             rec[name] = min(sum(vals), _U4_MISSING - 1) if vals else None
         for name in ("TST_SUMS", "TST_SQRS"):
-            vals = [v for v in (_tsr_value(t, name) for t in items) if v is not None]
-            rec[name] = math.fsum(vals) if vals else None
+            fvals = [v for v in (_tsr_value(t, name) for t in items) if v is not None]
+            rec[name] = math.fsum(fvals) if fvals else None
         mins = [v for v in (_tsr_value(t, "TEST_MIN") for t in items) if v is not None]
         maxs = [v for v in (_tsr_value(t, "TEST_MAX") for t in items) if v is not None]
         rec["TEST_MIN"] = min(mins) if mins else None

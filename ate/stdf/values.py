@@ -26,7 +26,8 @@ def _check_float(name: str, kind: str, value: Any) -> float:
     try:
         return float(value)
     except OverflowError:  # an integer beyond any float: IEEE rounding gives an infinity
-        return math.inf if value > 0 else -math.inf
+        # numbers.Real declares no comparison operators in typeshed
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
 
 
 def _pack_float(st: struct.Struct, value: float) -> bytes:
