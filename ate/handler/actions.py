@@ -255,7 +255,7 @@ def _malformed(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
         _check(inputs, core)
 
 
-def _fail_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str], None]:
+def _fail_in(here: str) -> Callable[..., None]:
     def enterError(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
         core.deadline.cancel()
         if core.work.kind is not None:
@@ -321,7 +321,7 @@ def _republish_in(here: str) -> Callable[[HandlerInputs, HandlerCore], None]:
     return republish
 
 
-def _state_answer_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str, str], bool]:
+def _state_answer_in(here: str) -> Callable[..., bool]:
     def stateAnswered(inputs: HandlerInputs, core: HandlerCore, device: str, state: str) -> bool:
         work = core.work
         if device not in work.probing:
@@ -336,12 +336,12 @@ def _state_answer_in(here: str) -> Callable[[HandlerInputs, HandlerCore, str, st
 
 def _refuse_in(here: str, command: str, response_type: str,
                message: str | None = None) -> Callable[..., None]:
-    def refuse(inputs: HandlerInputs, core: HandlerCore, *args: Any) -> None:
+    def refuse(inputs: HandlerInputs, core: HandlerCore, *args: Any, **kwargs: Any) -> None:
         _refuse(core, here, command, response_type, message)
 
     refuse.__name__ = f"refuse_{command}_in_{here}"
     return refuse
 
 
-def _ignore(inputs: HandlerInputs, core: HandlerCore, *args: Any) -> None:
+def _ignore(inputs: HandlerInputs, core: HandlerCore, *args: Any, **kwargs: Any) -> None:
     """An input that means nothing in this state."""

@@ -26,7 +26,7 @@ into a line without the ``\\n``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Mapping, Sequence, TypeVar, Union
 
 __all__ = [
     "checksum",
@@ -333,8 +333,11 @@ def _parse_id(line: str, f: list[str]) -> HandlerName:
     return HandlerName(f[0])
 
 
-def _no_fields(cls: Callable[[], Request], header: str) -> Callable[[str, list[str]], Request]:
-    def parse(line: str, f: list[str]) -> Request:
+_T = TypeVar("_T")
+
+
+def _no_fields(cls: Callable[[], _T], header: str) -> Callable[[str, list[str]], _T]:
+    def parse(line: str, f: list[str]) -> _T:
         _count(line, header, f, 0)
         return cls()
 
@@ -451,12 +454,17 @@ def _parse_et(line: str, f: list[str]) -> EndTest:
     return EndTest(tuple(parts))
 
 
+def _parse_tester_id(line: str, f: list[str]) -> TesterName:
+    _count(line, "ID", f, 1)
+    return TesterName(f[0])
+
+
 _REPLIES: dict[str, Callable[[str, list[str]], Reply]] = {
     "TS": _parse_ts,
     "ET": _parse_et,
-    "ID": lambda line, f: (_count(line, "ID", f, 1), TesterName(f[0]))[1],
-    "ID?": _no_fields(AskIdentity, "ID?"),  # type: ignore[dict-item]
-    "HS?": _no_fields(AskState, "HS?"),  # type: ignore[dict-item]
+    "ID": _parse_tester_id,
+    "ID?": _no_fields(AskIdentity, "ID?"),
+    "HS?": _no_fields(AskState, "HS?"),
 }
 
 
@@ -468,7 +476,7 @@ def parse_reply(line: str) -> Reply | None:
     return _parse(line, _REPLIES)
 
 
-def _parse(line: str, table: dict[str, Callable[[str, list[str]], object]]) -> object:
+def _parse(line: str, table: Mapping[str, Callable[[str, list[str]], _T]]) -> _T | None:
     if len(line) > MAX_LINE:
         raise LineError(line[:64] + "...", -1, f"line longer than {MAX_LINE} characters")
     split = _split(line)

@@ -68,7 +68,7 @@ under test, so a resend that crosses a late ``testing`` starts nothing.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -190,7 +190,7 @@ _REFUSALS: dict[str, dict[str, tuple[str, str | None]]] = {
     "unloading": {c: ("error", None) for c in ("load", "next", "unload")},
     "error": {c: ("error", None) for c in ("load", "next", "unload")},
 }
-_INPUT_OF = {"load": HandlerInputs.load, "next": HandlerInputs.next,
+_INPUT_OF: dict[str, Callable[..., Any]] = {"load": HandlerInputs.load, "next": HandlerInputs.next,
              "unload": HandlerInputs.unload}
 for _name, _table in _REFUSALS.items():
     for _command, (_rtype, _message) in _table.items():
@@ -311,8 +311,8 @@ def _unload(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 
 @ready.upon(HandlerInputs.masterUnloaded).to(initialized)
-def _unloadedElsewhere(inputs: HandlerInputs, core: HandlerCore, device: str) -> None:
-    _publish(core, INITIALIZED, f"master {device} reported initialized; lot ended")
+def _unloadedElsewhere(inputs: HandlerInputs, core: HandlerCore, device_id: str) -> None:
+    _publish(core, INITIALIZED, f"master {device_id} reported initialized; lot ended")
     _expect_initialized(inputs, core, core.settings.ready_timeout)
 
 

@@ -25,7 +25,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -68,6 +68,7 @@ class SerialOptions:
 class GeringerLineProtocol(LineReceiver):
     """One connection to the handler device."""
 
+    transport: ITransport  # set by makeConnection, before any line is sent or received
     delimiter = b"\n"
     MAX_LENGTH = lp.MAX_LINE
     log = Logger(namespace="ate.handler.line")
@@ -243,7 +244,9 @@ class LineDriver(Service):
         proto = factory.buildProtocol(None)
         self._port = SerialPort(
             proto, opts.port, self.reactor, baudrate=opts.baudrate, bytesize=opts.bytesize,
-            parity=opts.parity, stopbits=opts.stopbits, timeout=opts.timeout)
+            parity=opts.parity, stopbits=opts.stopbits,
+            # both platforms' SerialPort take timeout; mypy's view of the name does not
+            timeout=opts.timeout)  # type: ignore[call-arg]
 
     def stopService(self) -> Any:
         super().stopService()

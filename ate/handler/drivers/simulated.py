@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -253,6 +253,7 @@ class InProcessLink:
 class SimulatedHandlerProtocol(LineReceiver):
     """The simulated device as a line-protocol peer (it is the *device* side)."""
 
+    transport: ITransport  # set by makeConnection, before any line is written
     delimiter = b"\n"
     log = Logger(namespace="ate.handler.sim")
 
