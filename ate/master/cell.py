@@ -537,7 +537,7 @@ class Cell:
         self._first_part = self.records.first_part()
         self.tracker.begin_testing(plan.tested)
         self.peripherals.start_part(plan.tested)
-        job_data = self.settings.job_data()
+        job_data: dict[str, Any] = self.settings.job_data()  # plus the list sites_info
         job_data["sites_info"] = plan.sites_info
         self._publish(m.TestAppNext(sites=plan.tested, job_data=job_data))
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from zope.interface import implementer
@@ -91,7 +91,8 @@ def _check_level(level: Any) -> int:
 
 def event_level(event: dict) -> int:
     """The numeric level (10/20/30/40) of a twisted.logger event; info if missing."""
-    return _LOGLEVEL_NUMBER.get(event.get("log_level"), 20)
+    level: Any = event.get("log_level")  # any value: an unknown one gives 20
+    return _LOGLEVEL_NUMBER.get(level, 20)
 
 
 def event_source(event: dict) -> str:
@@ -462,7 +463,7 @@ class LogFileWriter:
         os.makedirs(log_directory, exist_ok=True)
         self.deleted = self._delete_old(now - max_age_days * 86400.0)
         self.path = os.path.join(log_directory, logfile_name(now))
-        self._file = None
+        self._file: BinaryIO | None = None
         self._size = 0
         self._open()
 
@@ -489,8 +490,8 @@ class LogFileWriter:
         return deleted
 
     def _open(self) -> None:
-        self._file = open(self.path, "ab")
-        self._size = self._file.tell()
+        self._file = f = open(self.path, "ab")
+        self._size = f.tell()
 
     def _rotate(self) -> None:
         self.close()
@@ -512,8 +513,9 @@ class LogFileWriter:
                 self._open()
             if self._size > 0 and self._size + len(data) > self.max_bytes:
                 self._rotate()
-            self._file.write(data)
-            self._file.flush()
+            f = cast(BinaryIO, self._file)  # set by _open or _rotate above
+            f.write(data)
+            f.flush()
             self._size += len(data)
         except Exception:
             self.errors += 1

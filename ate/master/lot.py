@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ate.stdf.records import writable_int
 from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin, mir_record
@@ -225,7 +225,8 @@ class Lot:
 
     def bin_rows(self) -> list[BinRow]:
         """The bin table in order, hard bins after binMap overrides."""
-        return [BinRow(sb, self._hbin_of(sb), e.name, e.group)
+        # every sb here is in the table, so it has a hard bin
+        return [BinRow(sb, cast(int, self._hbin_of(sb)), e.name, e.group)
                 for sb, e in self._entries.items()]
 
     # -- web UI payloads ------------------------------------------------------------------

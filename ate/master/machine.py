@@ -27,7 +27,7 @@ does the publishing and the datalog.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IReactorTime
@@ -260,7 +260,7 @@ _COMMANDS = {
     "binMap": Inputs.binMap,
 }
 
-_ERRORS = {startup: "error", **{s: "error" for s in CONNECTING}, softerror: "error",
+_ERRORS: dict[Any, str] = {startup: "error", **{s: "error" for s in CONNECTING}, softerror: "error",
            error: "error", stopped: "error"}
 _BUSY = {loading: "busy", testing: "busy", unloading: "busy"}
 
@@ -321,7 +321,7 @@ def _load(inputs: MasterInputs, core: MasterCore, lot_number: str) -> Refusal | 
             core.status = replace(core.status, message=refusal.message)
             core.fx.status_changed(core.status, False)
         return replace(refusal, state=core.status.state)
-    inputs.jobAccepted(job)
+    inputs.jobAccepted(cast(Job, job))  # prepare_load gives a job when it refuses nothing
     return None
 
 

@@ -58,8 +58,8 @@ class Router:
         }
         for kind in _COMMANDS:
             handlers[kind] = cell.handle_command
-        for kind in _ECHOES:
-            handlers[kind] = _drop
+        for echo in _ECHOES:
+            handlers[echo] = _drop
         self._handlers = handlers
         self._echoes: dict[str, tuple[bytes, str, str]] = {}
 
