@@ -104,8 +104,9 @@ def decode(device_id: str, topic: str, payload: bytes) -> SiteMessage | None:
         raise SimInputError(topic, "payload is not UTF-8") from None
     try:
         obj = json.loads(text)
-    except ValueError as e:
-        raise SimInputError(topic, f"payload is not JSON ({e.msg})") from None
+    except ValueError as e:  # JSONDecodeError, or a plain one for an over-long integer
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise SimInputError(topic, f"payload is not JSON ({reason})") from None
     if not isinstance(obj, dict):
         raise SimInputError(topic, f"payload is {type(obj).__name__}, expected a JSON object")
 

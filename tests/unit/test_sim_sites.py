@@ -111,6 +111,8 @@ def test_decode_commands_and_status():
 @pytest.mark.parametrize("sub,payload,needle", [
     ("Control/cmd", b"\xff\xfe", "not UTF-8"),
     ("Control/cmd", b"{nope", "not JSON"),
+    # an integer beyond Python's digit limit: a plain ValueError, not a JSONDecodeError
+    ("Control/cmd", b'{"n": ' + b"1" * 5000 + b"}", "not JSON"),
     ("TestApp/cmd", b"[1, 2]", "expected a JSON object"),
     ("TestApp/cmd", b'{"type": "cmd", "command": "fly", "sites": ["0"]}', "unknown command 'fly'"),
     ("TestApp/cmd", b'{"type": "cmd", "command": "next"}', "sites missing"),
@@ -394,7 +396,8 @@ def test_setloglevel_and_logs():
     assert logs and logs[0].qos == 0
     line = logs[0].payload["payload"]
     parts = line.split("|")
-    assert parts[0] == "control 0" and parts[2] == "INFO    " and parts[3] == "control state is: loading"
+    assert parts[0] == "control 0" and parts[2] == "INFO    "
+    assert parts[3] == "control state is: loading"
     sim.handle(ControlCommand("setloglevel", ("0",), {"level": 30}))
     sim.handle(ControlCommand("reset", ("0",)))
     assert [o.kind for o in rec.take()] == ["status"]
