@@ -54,10 +54,11 @@ before the CONNACK rather than as a failed connect; the service retries either w
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -187,8 +188,8 @@ class TwistedLink:
             self._detach(old)
             old.link = None
             transport = old.transport
-            if transport is not None:
-                transport.abortConnection()
+            if transport is not None:  # a TCP or TLS transport: both abort
+                cast(ITCPTransport, transport).abortConnection()
         self._connecting = True
         endpoint = self._endpoint if self._endpoint is not None else self._makeEndpoint()
         d = connectProtocol(endpoint, _Connection(self))
@@ -281,7 +282,8 @@ class TwistedLink:
 
     def _makeEndpoint(self) -> Any:
         o = self._options
-        endpoint = HostnameEndpoint(self._reactor, o.host, o.port, timeout=CONNECT_TIMEOUT)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, o.host, o.port, timeout=CONNECT_TIMEOUT)
         if o.tls:
             endpoint = wrapClientTLS(tls_connection_creator(o), endpoint)
         return endpoint
