@@ -136,14 +136,16 @@ def test_handler_device_drives_a_cell_of_processes(broker, tmp_path):
             proc = procs.get(name)
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        codes = {}
+        codes, errors = {}, {}
         for name, proc in procs.items():
-            try:
-                codes[name] = proc.wait(15)
+            try:  # communicate() reads stderr to its end and closes the pipe
+                _, errors[name] = proc.communicate(timeout=15)
+                codes[name] = proc.returncode
             except subprocess.TimeoutExpired:
                 proc.kill()
+                _, errors[name] = proc.communicate()
                 codes[name] = "killed"
-    assert codes["master"] == 0, procs["master"].stderr.read()
+    assert codes["master"] == 0, errors["master"]
     [path] = glob.glob(str(stdf / "*.stdf"))
     records = read_stdf(path)
     assert records[0][0] == "FAR" and records[-1][0] == "MRR"

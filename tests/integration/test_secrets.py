@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -180,7 +181,7 @@ def test_no_token_or_password_in_any_log_file_or_response(reactor, password_brok
     secrets = (TOKEN, PASSWORD, WRONG)
     texts = [_event_text(e) for e in events]
     files = glob.glob(str(tmp_path / "log" / "*_master.log*"))
-    file_text = "".join(open(f, encoding="utf-8", errors="replace").read() for f in files)
+    file_text = "".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files)
     for secret in secrets:
         assert not [t for t in texts if secret in t], secret
         assert not [e for e in cell.logs.entries() if secret in json.dumps(e)], secret
