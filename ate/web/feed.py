@@ -22,12 +22,12 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -136,6 +136,8 @@ class _Backlog:
 class FeedProtocol(WebSocketServerProtocol):
     """One UI connection.  All logic lives in :class:`Feed`; this only forwards events."""
 
+    transport: ITransport  # set by makeConnection, before any frame is sent
+
     # not named ``log``: autobahn logs every frame through self.log, and a Twisted Logger
     # there would format and write each one (bench/feed.py); txaio's logger drops them
     _log = Logger(namespace="ate.web.feed")
@@ -154,7 +156,7 @@ class FeedProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
-            transport = self.transport
+            transport = cast(IConsumer, self.transport)  # a TCP transport: a consumer too
             try:
                 # twisted.web's HTTP channel was the producer of this transport; the
                 # socket is ours now, so we watch its buffer instead.
@@ -251,7 +253,8 @@ class Feed:
         self.max_results_bytes = max_results_bytes
         # autobahn logs every frame at debug, formatting it even when nobody shows debug
         # (measured by bench/feed.py: about a third of the master's CPU with 50 clients)
-        txaio.set_global_log_level("info")
+        # bound at run time by txaio's framework choice (autobahn.twisted makes it)
+        txaio.set_global_log_level("info")  # type: ignore[attr-defined]
         self.cell = cell
         self.clock = clock
         self.wallclock = wallclock
@@ -288,7 +291,7 @@ class Feed:
         self._tick_loop.clock = clock
         cell.subscribe(self._cell_event)
 
-    def _protocol_class(self) -> type:
+    def _protocol_class(self) -> type[FeedProtocol]:
         feed = self
 
         class _Bound(FeedProtocol):

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IAccessLogFormatter
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import provider
 
@@ -216,7 +216,7 @@ class _StaticDir(Resource):
 class _Root(Resource):
     """Dispatches the first path segment and enforces the access rule."""
 
-    def __init__(self, *, static: Resource, index: Resource, ws: Resource, api: Resource,
+    def __init__(self, *, static: Resource, index: Resource, ws: IResource, api: Resource,
                  metrics: Resource, token: str | None, require_token: bool) -> None:
         super().__init__()
         self.static = static
@@ -243,7 +243,7 @@ class _Root(Resource):
                           f"{method} {request.path.decode('utf-8', 'replace')} needs the token: "
                           f"{how}")
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         denied = self._denied(request, path)
         if denied is not None:
             return denied
