@@ -15,7 +15,7 @@ def pystdf_records(data: bytes) -> list[tuple[str, dict]]:
         def after_send(self, source, item):
             rec_type, fields = item
             out.append((type(rec_type).__name__.upper(),
-                        dict(zip(rec_type.fieldNames, fields))))
+                        dict(zip(rec_type.fieldNames, fields, strict=False))))
 
     parser = Parser(inp=io.BytesIO(data))
     parser.addSink(Collector())

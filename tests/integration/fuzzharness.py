@@ -32,8 +32,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from autobahn.twisted.websocket import (WebSocketClientFactory, WebSocketClientProtocol,
-                                        connectWS)
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
@@ -44,11 +43,11 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
+from ate.broker import free_port
 from ate.config import sim_config_from_dict
 from ate.mqtt.service import MqttService
 from ate.sim.sites import SimSitesService
 from ate.stdf import records as stdf_records
-from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 from tests.stdfread import pystdf_records
 

@@ -32,9 +32,9 @@ from typing import Callable
 import pytest
 from twisted.internet.defer import Deferred
 
+from ate.broker import free_port
 from ate.config import MqttOptions
 from ate.mqtt.service import MqttService
-from ate.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-peers"

@@ -14,15 +14,14 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, globalLogPublisher
 
+from ate.broker import free_port
 from ate.config import handler_config_from_dict, master_config_from_dict, sim_config_from_dict
 from ate.handler import lineproto as lp
 from ate.handler.drivers.simulated import SimulatedHandler
 from ate.handler.service import HandlerService
 from ate.sim.sites import SimSitesService
 from ate.tap import build_master
-from ate.broker import free_port
 from ate.testing.peers import HandlerClient
-
 from tests.waiting import Waiter
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")

@@ -12,18 +12,23 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from ate.config import DEFAULT_SIM_BINS, MqttOptions, handler_config_from_dict, master_config_from_dict, \
-    sim_config_from_dict
+from ate.broker import free_port
+from ate.config import (
+    DEFAULT_SIM_BINS,
+    MqttOptions,
+    handler_config_from_dict,
+    master_config_from_dict,
+    sim_config_from_dict,
+)
 from ate.handler.drivers.simulated import SimulatedHandler
 from ate.handler.service import HandlerService
 from ate.mqtt.service import MqttService
 from ate.sim.sites import SimSitesService
 from ate.stdf.records import decode, iter_records
 from ate.tap import build_master
-from ate.broker import free_port
+from tests.waiting import Waiter as _Waiter
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
-from tests.waiting import Waiter as _Waiter
 
 TIMEOUT = 30
 H, A, B = "HTO92-20F", "SCT-81-1F", "SCT-81-2F"

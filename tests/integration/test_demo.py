@@ -18,13 +18,12 @@ import urllib.request
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
-
-import ate
 from twisted.python import usage
 
-from ate.stdf.records import iter_records
+import ate
 from ate.broker import free_port
-from tests.twistdrun import ROOT, TWISTD, env
+from ate.stdf.records import iter_records
+from tests.twistdrun import TWISTD, env
 
 FAR, MRR = (0, 10), (1, 20)
 
@@ -158,8 +157,8 @@ def test_options_defaults_and_faults():
 
 
 def test_make_service_order_and_configs(tmp_path):
-    from ate.demo import build_demo, DemoHandler
     from ate.broker import Mosquitto
+    from ate.demo import DemoHandler, build_demo
 
     opts = parse("--sites", "2", "--stdf-dir", str(tmp_path / "d"), "--web-port", "18999",
                  "--fault", "crash_on_part=5", "--lots", "3")

@@ -20,8 +20,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from tests.integration.test_master import LOT, cellfactory, run_parts  # noqa: F401 (fixture)
+from tests.integration.test_master import LOT, cellfactory, run_parts
 
+__all__ = ["cellfactory"]  # the fixture, used by name
 SITES = ("0", "1", "2", "3")
 
 

@@ -14,11 +14,20 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import pytest_twisted
 
-from fuzzharness import (SITES, FuzzReport, LiveCell, WsClient, check_all_stdf, fuzz_mqtt,
-                         fuzz_web, http_call, plan, web_plan)
+from fuzzharness import (
+    SITES,
+    FuzzReport,
+    LiveCell,
+    WsClient,
+    check_all_stdf,
+    fuzz_mqtt,
+    fuzz_web,
+    http_call,
+    plan,
+    web_plan,
+)
 
 SEED = int(os.environ.get("ATE_FUZZ_SEED", "0"))
 

@@ -8,11 +8,11 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
+from ate.broker import free_port
 from ate.config import MqttOptions, handler_config_from_dict
 from ate.handler import lineproto as lp
 from ate.handler.drivers.line import LineDriver, SerialOptions
@@ -21,8 +21,6 @@ from ate.handler.machine import HandlerController, HandlerSettings
 from ate.handler.service import HandlerService
 from ate.mqtt.service import MqttService
 from ate.protocol import messages as m
-from ate.broker import free_port
-
 from tests.waiting import Waiter as _Waiter
 
 TIMEOUT = 20
@@ -84,8 +82,9 @@ async def test_line_driver_tcp_good_and_bad_frames(reactor):
         await client.until(lambda: len(client.lines) == 6, reactor)
         assert sink.requests == [lp.LoadLot("306426.001", "HS2C", "25"), lp.LotEnd()]
         cs_error = lp.frame(["TS", "-1", "checksum error"])
-        assert client.lines[:5] == [cs_error] * 4 + ["TS|-99|Not Implemented|" +
-                                                     "%03d" % lp.checksum("TS|-99|Not Implemented|")]
+        not_implemented = "TS|-99|Not Implemented|"
+        assert client.lines[:5] == [cs_error] * 4 + [
+            not_implemented + "%03d" % lp.checksum(not_implemented)]
         assert client.lines[5] == lp.frame(["TS", "-1", "LL needs 3 field(s), got 2"])
         assert driver.errors == 6
         assert driver.protocol.errors_in_row == 0      # reset by the good LE
@@ -313,9 +312,9 @@ async def start_cell(reactor, broker, device):
     watcher.mqtt.startService()
     await watcher.mqtt.whenConnected().addTimeout(TIMEOUT, reactor)
     masters = [FakeMaster(reactor, broker, A, 1), FakeMaster(reactor, broker, B, 5)]
-    for m in masters:
-        m.mqtt.startService()
-        await m.mqtt.whenConnected().addTimeout(TIMEOUT, reactor)
+    for master in masters:
+        master.mqtt.startService()
+        await master.mqtt.whenConnected().addTimeout(TIMEOUT, reactor)
     handler = HandlerService(reactor, handler_config(broker), device=device)
     handler.startService()
     return watcher, masters, handler
@@ -323,9 +322,9 @@ async def start_cell(reactor, broker, device):
 
 async def stop_cell(watcher, masters, handler):
     await handler.stopService()
-    for m in masters:
-        if m.mqtt.running:
-            await m.mqtt.stopService()
+    for master in masters:
+        if master.mqtt.running:
+            await master.mqtt.stopService()
     await watcher.mqtt.stopService()
 
 

@@ -9,8 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from ate.config import MqttOptions
-from ate.mqtt import MqttService
-from ate.mqtt import twistedlink
+from ate.mqtt import MqttService, twistedlink
 from ate.mqtt.reactorpaho import ReactorPaho
 
 TIMEOUT = 15.0

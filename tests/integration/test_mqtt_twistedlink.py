@@ -12,9 +12,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from ate.broker import Mosquitto
 from ate.config import MqttOptions
 from ate.mqtt.link import link_factory
-from ate.broker import Mosquitto
 from test_mqtt import TIMEOUT, Client
 
 
@@ -36,7 +36,8 @@ def _write_pki(directory):
                                  serialization.NoEncryption())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("ate test CA")).issuer_name(name("ate test CA"))
+    ca = (x509.CertificateBuilder()
+          .subject_name(name("ate test CA")).issuer_name(name("ate test CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(days=1))
           .not_valid_after(now + datetime.timedelta(days=2))

@@ -45,8 +45,10 @@ MASTER = ".venv/bin/twistd -n --pidfile= ate-master --config etc/master.toml"
 SITES = ".venv/bin/twistd -n --pidfile= ate-sim-sites --config etc/sim-sites.toml"
 SIM_TCP = ".venv/bin/twistd -n --pidfile= ate-sim-handler --lots 1"
 HANDLER_TCP = ".venv/bin/twistd -n --pidfile= ate-handler --config etc/handler-tcp.toml"
-SIM_PTY = ".venv/bin/twistd -n --pidfile= ate-sim-handler --pty --pty-link /tmp/ate-handler-tty --lots 1"
-HANDLER_PTY = ".venv/bin/twistd -n --pidfile= ate-handler --config etc/handler.toml /tmp/ate-handler-tty"
+SIM_PTY = (".venv/bin/twistd -n --pidfile= ate-sim-handler --pty --pty-link /tmp/ate-handler-tty "
+           "--lots 1")
+HANDLER_PTY = (".venv/bin/twistd -n --pidfile= ate-handler --config etc/handler.toml "
+               "/tmp/ate-handler-tty")
 SYSTEMD = [
     "sudo python3 -m venv /opt/ate-master/venv && sudo /opt/ate-master/venv/bin/pip install -q .",
     "sudo install -D -m 644 etc/master.toml /etc/ate-master/master.toml",
@@ -59,7 +61,8 @@ BENCH_COMMAND = re.compile(r"python bench/[a-z_]+\.py( --[a-z-]+ [0-9.]+)*")
 #: command -> how it is covered: ("here", test of this module), ("test", "file::name")
 #: or ("ci", the part .ci/run runs)
 COVERED: dict[str, tuple[str, str]] = {
-    DEMO: ("test", "tests/integration/test_demo.py::test_demo_runs_lots_and_exits_cleanly_on_sigterm"),
+    DEMO: ("test",
+           "tests/integration/test_demo.py::test_demo_runs_lots_and_exits_cleanly_on_sigterm"),
     TESTS: ("ci", "python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && "
                   ".venv/bin/python -m pytest -q"),
     **{c: ("here", "test_readme_check_commands") for c in CHECKS},
@@ -81,7 +84,7 @@ def readme_commands() -> list[str]:
     with open(README, encoding="utf-8") as f:
         lines = f.read().splitlines()
     commands, in_block, seen_text = [], False, False
-    for i, line in enumerate(lines):
+    for line in lines:
         if line.rstrip().endswith("::") and not line.startswith(" "):
             in_block, seen_text = True, False
             continue

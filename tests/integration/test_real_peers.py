@@ -22,9 +22,18 @@ import pytest_twisted
 from twisted.internet.defer import gatherResults
 
 from ate.testing.peers import HandlerClient
-from realpeers import (DEVICE, SITES, SiteMonitor, install_program, master_config,
-                       master_log_lines, peers_venv, start_control, start_master,
-                       write_job)
+from realpeers import (
+    DEVICE,
+    SITES,
+    SiteMonitor,
+    install_program,
+    master_config,
+    master_log_lines,
+    peers_venv,
+    start_control,
+    start_master,
+    write_job,
+)
 from tests.stdfread import read_stdf
 
 __all__ = ["peers_venv"]  # the fixture, used by name

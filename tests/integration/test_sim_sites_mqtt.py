@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
@@ -253,7 +252,8 @@ async def test_fault_drop_result(reactor, broker):
 
 @pytest_twisted.ensureDeferred
 async def test_fault_wrong_site(reactor, broker):
-    master, sim, cfg = await _start(reactor, broker, faults={"wrong_site_on_part": 1, "fault_site": "0"})
+    master, sim, cfg = await _start(reactor, broker,
+                                    faults={"wrong_site_on_part": 1, "fault_site": "0"})
     try:
         await _load(master)
         await _next(master, ("0",), {"0": "A"})

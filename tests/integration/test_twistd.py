@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -18,7 +17,6 @@ from twisted.internet.defer import Deferred
 
 from ate.broker import free_port
 from ate.testing.peers import HandlerClient
-
 from tests.twistdrun import ROOT, TWISTD, env
 from tests.waiting import Waiter
 

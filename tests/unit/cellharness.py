@@ -121,7 +121,8 @@ class Harness:
             "payload": {"state": state, "message": ""}, "state": state})
 
     def result(self, site: str, part_id: str, soft_bin: int = 1, hard_bin: int = 1) -> None:
-        self.mqtt(f"TestApp/testresult/site{site}", result_payload(site, part_id, soft_bin, hard_bin))
+        self.mqtt(f"TestApp/testresult/site{site}",
+                  result_payload(site, part_id, soft_bin, hard_bin))
 
     # -- observations -------------------------------------------------------------------
 

@@ -792,9 +792,9 @@ def test_config_module_imports_no_twisted() -> None:
 
 def test_mqtt_client_choice(tmp_path):
     from ate.config import master_config_from_dict
-    from ate.mqtt.service import default_link_factory
     from ate.mqtt import twistedlink
     from ate.mqtt.reactorpaho import ReactorPaho
+    from ate.mqtt.service import default_link_factory
 
     base = {"device_id": "D1", "sites": ["0"], "Handler": "H", "jobsource": "filesystem",
             "jobformat": "xml.semi-ate", "filesystemdatasource_path": str(tmp_path),

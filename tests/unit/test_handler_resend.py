@@ -10,9 +10,18 @@ from twisted.logger import LogLevel, capturedLogs
 from ate.handler import lineproto as lp
 from ate.handler.machine import MAX_RESENDS, HandlerController, HandlerSettings
 from ate.protocol.messages import ErrorResponse, GetStateResponse
-
-from test_handler_machine import (A, B, LAYOUT, FakeLine, make, next_reply,
-                                  next_response, st, to_ready, wire)
+from test_handler_machine import (
+    LAYOUT,
+    A,
+    B,
+    FakeLine,
+    make,
+    next_reply,
+    next_response,
+    st,
+    to_ready,
+    wire,
+)
 
 MAP = ((A, "0"), (B, "0"))
 

@@ -16,7 +16,6 @@ from ate.handler.machine import HandlerController, HandlerSettings
 from ate.handler.service import HandlerRouter, MqttBus, handler_codecs, handler_will
 from ate.protocol import messages as m
 from ate.protocol.messages import Codec
-
 from test_handler_machine import FakeLine, st
 
 H, A, B = "HTO92-20F", "SCT-A", "SCT-B"

@@ -108,7 +108,7 @@ def test_missing_time_uses_clock():
 def test_failure_summary_appended():
     buf = LogBuffer(level=10)
     try:
-        1 / 0
+        _ = 1 / 0
     except ZeroDivisionError:
         f = Failure()
     logger_into(buf).failure("while computing {what}", failure=f, what="yield")
@@ -309,8 +309,8 @@ def test_logfile_cap_keeps_newest_whole_lines(tmp_path):
     assert content.startswith("master|2026-11-24T18:29:58|INFO|m0\n")
     assert content.endswith("file 0099\n")
     lines = content.splitlines()
-    assert all(l.startswith(("master|", "===", "file ")) for l in lines)
-    assert all(len(l) == 9 for l in lines if l.startswith("file "))
+    assert all(line.startswith(("master|", "===", "file ")) for line in lines)
+    assert all(len(line) == 9 for line in lines if line.startswith("file "))
 
 
 def test_logfile_cap_on_memory_alone():
@@ -361,7 +361,7 @@ def test_writer_level(tmp_path):
     w.set_level(20)
     w(event(fmt="info2"))
     w.close()
-    assert [l.split("|")[-1] for l in Path(w.path).read_text().splitlines()] == ["info2"]
+    assert [line.split("|")[-1] for line in Path(w.path).read_text().splitlines()] == ["info2"]
     with pytest.raises(ValueError):
         w.set_level(5)
 
@@ -410,7 +410,7 @@ def test_writer_appends_to_existing_file_and_never_raises(tmp_path):
     assert w.errors == 1
     w(event(fmt="c"))                    # reopened
     w.close()
-    assert [l.split("|")[-1] for l in Path(w.path).read_text().splitlines()] == ["a", "c"]
+    assert [line.split("|")[-1] for line in Path(w.path).read_text().splitlines()] == ["a", "c"]
 
 
 def test_writer_and_buffer_together(tmp_path):

@@ -293,7 +293,7 @@ def test_random_lot_with_retests_matches_ground_truth() -> None:
     got = lot.yields()
     assert [(r["name"], r["siteid"], r["count"]) for r in got] == [
         (r["name"], r["siteid"], r["count"]) for r in expected_yields]
-    for a, b in zip(got, expected_yields):
+    for a, b in zip(got, expected_yields, strict=True):
         assert a["value"] == pytest.approx(b["value"])
 
     records = lot.summary_records()

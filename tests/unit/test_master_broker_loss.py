@@ -179,7 +179,7 @@ def test_resent_next_for_the_part_under_test_is_no_second_part_and_no_warning(tm
     h.pub.take()
     h.next()  # P0..P3
     assert len([t for t, _ in h.pub.take() if t.endswith("TestApp/cmd")]) == 1
-    for when in ("starting", "running"):
+    for _when in ("starting", "running"):
         with capturedLogs() as logged:
             h.next()  # the handler's resend after its reconnect
         assert h.state == "testing"

@@ -289,8 +289,10 @@ def test_timer_cancelled_on_exit(tmp_path):
     (lambda h: (h.to_ready(), h.control("2", "crash")), "control 2 crashed"),
     (lambda h: (h.to_testing(), h.testapp("3", "crash")), "testapp 3 crashed"),
     (lambda h: (h.to_initialized(), h.control("0", "busy")), "site 0: control went to busy"),
-    (lambda h: (h.to_loading(), h.testapp("1", "terminated")), "site 1: testapp went to terminated"),
-    (lambda h: (h.to_testing(), h.testapp("0", "terminated")), "site 0: testapp went to terminated"),
+    (lambda h: (h.to_loading(), h.testapp("1", "terminated")),
+     "site 1: testapp went to terminated"),
+    (lambda h: (h.to_testing(), h.testapp("0", "terminated")),
+     "site 0: testapp went to terminated"),
     (lambda h: (h.to_ready(), h.control("1", "idle", version=7)),
      "site 1: Control interface version 7 not supported"),
 ])
@@ -530,7 +532,8 @@ def test_bad_record_is_counted_and_the_lot_goes_on(tmp_path):
          "PART_ID": "P0"}]}
     h.mqtt("TestApp/testresult/site0", bad)
     assert h.state == "ready"
-    assert h.cell.metrics.bad_records == 1  # the XYZ record; the bad TEST_NUM is written as missing (a counted fix)
+    # the XYZ record; the bad TEST_NUM is written as missing (a counted fix)
+    assert h.cell.metrics.bad_records == 1
     [resp] = [r for r in h.responses() if r["type"] == "next"]
     assert resp["payload"]["sites"][0]["partid"] == "P0"
     h.run_part(sites=["0"])

@@ -28,7 +28,6 @@ from ate.stdf import records as R
 from ate.stdf.records import Fixes, RecordError, encode, sanitise
 from ate.stdf.recover import RECOVERED, recover_directory
 from ate.stdf.sink import Datalog
-
 from cellharness import Harness
 from tests.stdfread import pystdf_records, read_stdf
 from tests.unit.test_lot import BINS, SITES, make_job, result

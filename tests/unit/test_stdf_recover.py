@@ -13,7 +13,6 @@ from ate.master.lot import Lot
 from ate.stdf import records as R
 from ate.stdf.recover import RECOVERED, recover_directory
 from ate.stdf.sink import Datalog
-
 from tests.stdfread import pystdf_records
 from tests.unit.test_lot import BINS, SITES, make_job, result
 
@@ -26,7 +25,7 @@ def cycles(n: int) -> list[list[tuple[str, list[dict]]]]:
     """n handler cycles on four sites; every fifth part id is a retest of an older one."""
     out = []
     k = 0
-    for c in range(n):
+    for _ in range(n):
         cycle = []
         for site in SITES:
             k += 1

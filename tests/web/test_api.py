@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from twisted.internet.task import Clock
 
 from ate.web.api import Api
 from ate.web.site import check_access_config, is_loopback, make_site, web_service
-
 
 BASE = "http://127.0.0.1:8081"
 KNOWN_LOT = "306426.001"
@@ -281,7 +279,8 @@ def test_metrics(client, cell):
     assert "ate_cycles_total 1\n" in text
     assert 'ate_protocol_errors_total{kind="not-json"} 2\n' in text
     assert 'ate_yield_parts{site="-1",group="BT_PASS"} 3\n' in text
-    assert 'ate_bin_parts{site="0",sbin="12",hbin="5",name="SB_CONT_OPEN",group="BT_FAIL_CONT"} 1' in text
+    assert ('ate_bin_parts{site="0",sbin="12",hbin="5",name="SB_CONT_OPEN",'
+            'group="BT_FAIL_CONT"} 1') in text
     assert 'ate_cycle_seconds_bucket{le="0.25"} 1\n' in text
     assert 'ate_cycle_seconds_bucket{le="0.1"} 0\n' in text
     assert "ate_cycle_seconds_count 1\n" in text
@@ -341,7 +340,8 @@ def test_check_access_config(fakes):
 
 
 def test_token_required_off_loopback(logbuffer, fakes):
-    cell = fakes.FakeCell(fakes.make_config(webui_host="0.0.0.0", webui_token="s3cret"), logs=logbuffer)
+    cell = fakes.FakeCell(fakes.make_config(webui_host="0.0.0.0", webui_token="s3cret"),
+                          logs=logbuffer)
     c = Client(cell)
     assert c.json("GET", "/api/v1/status")[0] == 200
     assert c.request("GET", "/metrics")[0] == 200

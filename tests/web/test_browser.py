@@ -30,12 +30,12 @@ LOT = "306426.001"
 def _serve() -> None:  # pragma: no cover - runs in the child process
     """Serve make_site() with a scripted fake cell on a free port; print the port."""
     sys.path[:0] = [HERE, REPO]
-    from conftest import FakeCell  # the fake cell of these tests
     from twisted.internet import reactor
     from twisted.logger import globalLogPublisher
 
     from ate.master.logs import LogBuffer
     from ate.web.site import make_site
+    from conftest import FakeCell  # the fake cell of these tests
 
     logs = LogBuffer(level=20)
     globalLogPublisher.addObserver(logs)
