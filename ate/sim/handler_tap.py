@@ -85,7 +85,8 @@ class Options(usage.Options):
 
 
 class PtyDevice(Service):
-    """The device on the master side of a new pseudo-terminal (``name``: the slave)."""
+    """The device on the master side of a new pseudo-terminal (``name`` and ``tty_name``:
+    the slave)."""
 
     def __init__(self, reactor: Any, device: SimulatedHandler, link: str | None = None,
                  probe_interval: float = 1.0) -> None:
@@ -96,7 +97,9 @@ class PtyDevice(Service):
         self.link = link
         self.master_fd, self.slave_fd = os.openpty()  # the slave stays open: no EIO
         tty.setraw(self.slave_fd)
-        self.name = os.ttyname(self.slave_fd)
+        self.tty_name = os.ttyname(self.slave_fd)
+        # the service is named after its tty (Twisted declares Service.name as None)
+        self.name = self.tty_name  # type: ignore[assignment]
         self.protocol = ProbingProtocol(device, reactor, probe_interval)
         self._io: Any = None
 
@@ -107,11 +110,12 @@ class PtyDevice(Service):
         if self.link:
             if os.path.islink(self.link):
                 os.remove(self.link)
-            os.symlink(self.name, self.link)
-        where = f"{self.name} (linked as {self.link})" if self.link else self.name
+            os.symlink(self.tty_name, self.link)
+        where = f"{self.tty_name} (linked as {self.link})" if self.link else self.tty_name
         log.info("simulated handler device on the serial line {where}: give it to "
                  "ate-handler as the serial port", where=where)
-        self._io = StandardIO(self.protocol, stdin=self.master_fd,
+        # the POSIX StandardIO takes stdin/stdout; mypy sees the Windows one
+        self._io = StandardIO(self.protocol, stdin=self.master_fd,  # type: ignore[call-arg]
                               stdout=os.dup(self.master_fd), reactor=self.reactor)
 
     def stopService(self) -> None:

@@ -245,7 +245,7 @@ class LineDriver(Service):
         self._port = SerialPort(
             proto, opts.port, self.reactor, baudrate=opts.baudrate, bytesize=opts.bytesize,
             parity=opts.parity, stopbits=opts.stopbits,
-            # both platforms' SerialPort take timeout; mypy's view of the name does not
+            # the POSIX SerialPort takes timeout; mypy sees the Windows one
             timeout=opts.timeout)  # type: ignore[call-arg]
 
     def stopService(self) -> Any:
