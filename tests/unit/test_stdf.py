@@ -20,7 +20,6 @@ from ate.master.lot import Lot
 from ate.stdf import records as R
 from ate.stdf.records import RecordError, encode
 from ate.stdf.sink import Datalog
-
 from tests.stdfread import pystdf_records
 from tests.unit.test_lot import BINS, HBIN, SITES, make_job, result
 
