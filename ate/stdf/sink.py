@@ -102,8 +102,8 @@ class Datalog:
         """Create ``<dir>/<lot>_<device>_<YYYYMMDD-HHMMSS>.stdf`` (local setup time).
 
         An existing name is never overwritten: ``-1``, ``-2``, … is appended. Raises
-        OSError if the directory cannot be written, ValueError for a site id that is not
-        a decimal integer 0..255.
+        OSError if the directory cannot be written (or the file set up, which then is
+        closed and removed), ValueError for a site id that is not a decimal integer 0..255.
         """
         for site in sites:
             if not str(site).isdigit() or int(site) > 255:
@@ -125,9 +125,19 @@ class Datalog:
             except FileExistsError:
                 continue
             break
-        return cls(path, fileobj, job, device_id, sites, setup_t, clock=clock,
-                   fsync_interval=fsync_interval, run_in_thread=run_in_thread,
-                   endian=endian)
+        try:
+            return cls(path, fileobj, job, device_id, sites, setup_t, clock=clock,
+                       fsync_interval=fsync_interval, run_in_thread=run_in_thread,
+                       endian=endian)
+        except BaseException:
+            # e.g. no descriptor left for the fsync thread's copy: no datalog, so neither
+            # an open file nor an empty one for the next start's recovery to complete
+            fileobj.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
 
     # -- writing --------------------------------------------------------------------------
 

@@ -519,6 +519,25 @@ def test_create_rejects_bad_site_ids(tmp_path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_create_that_fails_after_opening_leaves_no_file_open_or_behind(
+        tmp_path, monkeypatch) -> None:
+    """Out of descriptors for the fsync thread's copy: the error comes through, the new
+    file is closed and removed (no datalog of a refused load is left for the recovery)."""
+    import ate.stdf.sink as sink
+
+    def no_descriptor(fd):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(sink.os, "dup", no_descriptor)
+    with pytest.raises(OSError, match="Too many open files"):
+        new_log(tmp_path, run_in_thread=Threads())
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+    open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [f for f in open_files if f.startswith(str(tmp_path))]
+
+
 def test_struct_is_standard_layout() -> None:
     """A hand-check of one record's bytes against the V4 layout (PIR)."""
     assert encode({"type": "PIR", "HEAD_NUM": 1, "SITE_NUM": 3}) == struct.pack(
