@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import Sequence, cast
 
 __all__ = ["Amqtt", "Mosquitto", "MosquittoError", "find_amqtt", "find_mosquitto", "free_port",
            "private_broker"]
@@ -112,7 +112,8 @@ class Mosquitto:
     @property
     def pid(self) -> int | None:
         """PID of the running broker, or None when not running."""
-        return self._process.pid if self.running else None
+        process = self._process
+        return process.pid if process is not None and self.running else None
 
     @property
     def running(self) -> bool:
@@ -151,7 +152,7 @@ class Mosquitto:
         self._write_config()
         with open(os.path.join(self.directory, "stderr.log"), "ab") as err:
             self._process = subprocess.Popen(
-                [executable, "-c", self.config_path],
+                [executable, "-c", cast(str, self.config_path)],  # directory set above
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -248,7 +249,8 @@ class Mosquitto:
             "connection_messages true",
             *self.extra_config,
         ]
-        with open(self.config_path, "w", encoding="utf-8") as f:
+        # start() sets the directory before writing the config
+        with open(cast(str, self.config_path), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 
     def _stderr_text(self) -> str:
@@ -308,7 +310,8 @@ class Amqtt(Mosquitto):
             "    allow_anonymous: true",
             *self.extra_config,
         ]
-        with open(self.config_path, "w", encoding="utf-8") as f:
+        # start() sets the directory before writing the config
+        with open(cast(str, self.config_path), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
 
     def __repr__(self) -> str:

@@ -70,7 +70,7 @@ class Options(usage.Options):
         try:
             from ate.web.site import check_access_config
         except ImportError:  # pragma: no cover - web not installed
-            check_access_config = None
+            check_access_config = None  # type: ignore[assignment]  # the import fallback
         if check_access_config is not None:
             try:
                 check_access_config(cfg)
@@ -278,7 +278,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
     try:
         from ate.web.site import web_service
     except ImportError:  # pragma: no cover - web part not present
-        web_service = None
+        web_service = None  # type: ignore[assignment]  # the import fallback
     if web_service is not None:
         web = web_service(cell, reactor, cfg)
         web.setName("web")
