@@ -16,8 +16,6 @@ import sys
 import time
 import urllib.request
 
-import pytest
-
 from ate.broker import free_port
 from tests.stdfread import read_stdf
 

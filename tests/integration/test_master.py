@@ -12,10 +12,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
+from ate.broker import free_port
 from ate.config import master_config_from_dict, sim_config_from_dict
 from ate.sim.sites import SimSitesService
 from ate.tap import build_master
-from ate.broker import free_port
 from ate.testing.peers import HandlerClient
 from tests.stdfread import read_stdf
 

@@ -23,10 +23,10 @@ import treq
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
+from ate.broker import Mosquitto, free_port
 from ate.config import master_config_from_dict
 from ate.mqtt.service import MqttService
 from ate.tap import build_master
-from ate.broker import Mosquitto, free_port
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "jobs", "le306426001.xml")
 TOKEN = "webtok-Q7x2Lm9Rv4"
