@@ -35,7 +35,7 @@ DEMO = ("$(command -v sudo) apt-get update -qq && $(command -v sudo) apt-get ins
         ".venv/bin/twistd -n ate-demo")
 TESTS = ("$(command -v sudo) apt-get update -qq && $(command -v sudo) apt-get install -y -qq "
          "mosquitto chromium && python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && "
-         ".venv/bin/ruff check . && .venv/bin/python -m pytest -q")
+         ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q")
 CHECKS = [f".venv/bin/twistd {program} --config etc/{name} --check" for program, name in (
     ("ate-master", "master.toml"), ("ate-master", "master.json"),
     ("ate-handler", "handler.toml"), ("ate-handler", "handler-tcp.toml"),
@@ -64,7 +64,7 @@ COVERED: dict[str, tuple[str, str]] = {
     DEMO: ("test",
            "tests/integration/test_demo.py::test_demo_runs_lots_and_exits_cleanly_on_sigterm"),
     TESTS: ("ci", "python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && "
-                  ".venv/bin/ruff check . && .venv/bin/python -m pytest -q"),
+                  ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q"),
     **{c: ("here", "test_readme_check_commands") for c in CHECKS},
     **{c: ("here", "test_readme_handler_over_tcp") for c in (BROKER, MASTER, SITES, SIM_TCP,
                                                               HANDLER_TCP)},
@@ -125,18 +125,23 @@ def test_every_readme_command_is_covered():
 
 
 def test_the_test_command_lints_before_pytest():
-    """ruff runs in the README's test command (and so in .ci/run) before pytest, with the
-    configuration in pyproject.toml and ruff in the test extra that command installs."""
+    """ruff and then mypy run in the README's test command (and so in .ci/run) before
+    pytest, with their configuration in pyproject.toml and both in the test extra that
+    command installs."""
     [tests] = [c for c in readme_commands() if " -m pytest" in c]
-    assert "&& .venv/bin/ruff check . &&" in tests
-    assert tests.index(".venv/bin/ruff check .") < tests.index(".venv/bin/python -m pytest")
+    assert "&& .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest" in tests
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         last = f.read().strip().splitlines()[-1]
     assert tests.endswith(last), last     # .ci/run's last line is the command's tail
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
-        assert "\n[tool.ruff]\n" in f.read()
+        pyproject = f.read()
+    assert "\n[tool.ruff]\n" in pyproject
+    assert re.search(r'\n\[tool\.mypy\]\n(.*\n)*files = \["ate"\]\n', pyproject)
+    assert 'plugins = ["mypy_zope:plugin"]' in pyproject
     with open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8") as f:
-        assert re.search(r"\ntest =\n(    .*\n)*    ruff[<>=]", f.read())
+        cfg = f.read()
+    for tool in ("ruff", "mypy", "mypy-zope"):
+        assert re.search(rf"\ntest =\n(    .*\n)*    {tool}[<>=]", cfg), tool
 
 
 # --------------------------------------------------------------------------------------
