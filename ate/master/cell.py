@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 import ate
+from ate.config import MasterConfig
 from ate.jobs.model import Job, JobError
 from ate.master.collaborators import (
     CommandRefused,
@@ -32,6 +33,7 @@ from ate.master.collaborators import (
     Metrics,
     Publisher,
 )
+from ate.master.logs import LogBuffer
 from ate.master.lot import Lot
 from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
@@ -60,13 +62,13 @@ class Cell:
 
     def __init__(
         self,
-        config: Any,
+        config: MasterConfig,
         clock: IReactorTime,
         publisher: Publisher,
         *,
         job_source: JobSource,
         settings: UserSettings,
-        logs: Any = None,
+        logs: LogBuffer | None = None,
         log_file: LevelSink | None = None,
         run_in_thread: Callable[..., Deferred] | None = None,
         wallclock: Callable[[], float] = time.time,

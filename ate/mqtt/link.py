@@ -42,6 +42,8 @@ from typing import Any, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 
+from ate.config import MqttOptions
+
 __all__ = ["DEFAULT_LINK", "DEFAULT_MAX_PACKET", "LINKS", "Link", "LinkFactory",
            "LinkListener", "MqttLinkError", "WINDOW", "link_factory"]
 
@@ -103,7 +105,7 @@ class Link(Protocol):
 class LinkFactory(Protocol):
     """Builds a link: C{(reactor, options, client_id, will, listener) -> Link}."""
 
-    def __call__(self, reactor: Any, options: Any, client_id: str,
+    def __call__(self, reactor: Any, options: MqttOptions, client_id: str,
                  will: tuple[str, bytes, int] | None, listener: LinkListener) -> Link: ...
 
 

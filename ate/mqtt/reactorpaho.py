@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ate.config import MqttOptions
 from ate.mqtt.link import DEFAULT_MAX_PACKET, WINDOW, LinkListener, MqttLinkError
 
 __all__ = ["ReactorPaho", "make_paho_client"]
@@ -202,7 +203,7 @@ class ReactorPaho:
     # -- public API -----------------------------------------------------
 
     @classmethod
-    def create(cls, reactor: Any, options: Any, client_id: str,
+    def create(cls, reactor: Any, options: MqttOptions, client_id: str,
                will: tuple[str, bytes, int] | None,
                listener: LinkListener) -> "ReactorPaho":
         """Build a paho client for C{options} and wrap it."""

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ate.config import MqttOptions
 from ate.mqtt.link import DEFAULT_LINK, Link, LinkFactory, MqttLinkError, link_factory
 
 __all__ = ["ConnectionMachine", "MqttNotConnected", "MqttService"]
@@ -357,7 +358,7 @@ class MqttService(Service):
     def __init__(
         self,
         reactor: Any,
-        options: Any,
+        options: MqttOptions,
         client_id: str,
         *,
         will: tuple[str, bytes, int] | None = None,

@@ -63,6 +63,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ate.config import MqttOptions
 from ate.mqtt.link import DEFAULT_MAX_PACKET, WINDOW, LinkListener, MqttLinkError
 from ate.mqtt.packets import ACK as _ACK
 from ate.mqtt.packets import CONNACK_REASONS as _CONNACK_REASONS
@@ -128,9 +129,10 @@ class TwistedLink:
 
     log = Logger(namespace="ate.mqtt.twistedlink")
 
-    def __init__(self, reactor: Any, options: Any, client_id: str,
+    def __init__(self, reactor: Any, options: MqttOptions, client_id: str,
                  will: tuple[str, bytes, int] | None, listener: LinkListener,
-                 *, endpoint: Any = None, window: int = WINDOW) -> None:
+                 *, endpoint: IStreamClientEndpoint | None = None,
+                 window: int = WINDOW) -> None:
         self._reactor = reactor
         self._options = options
         self.listener = listener
@@ -280,7 +282,7 @@ class TwistedLink:
 
     # -- connection events ----------------------------------------------
 
-    def _makeEndpoint(self) -> Any:
+    def _makeEndpoint(self) -> IStreamClientEndpoint:
         o = self._options
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             self._reactor, o.host, o.port, timeout=CONNECT_TIMEOUT)
@@ -686,7 +688,7 @@ class TwistedLink:
             self.log.failure("MQTT link listener linkPublished failed")
 
 
-def create(reactor: Any, options: Any, client_id: str,
+def create(reactor: Any, options: MqttOptions, client_id: str,
            will: tuple[str, bytes, int] | None, listener: LinkListener) -> TwistedLink:
     """The link factory (L{ate.mqtt.link.LinkFactory}) of config C{mqtt_client = "twisted"}."""
     return TwistedLink(reactor, options, client_id, will, listener)
