@@ -13,10 +13,13 @@ Both use only the cell's public API (``subscribe``, ``status()``, ``missing()``)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from ate.master.cell import Cell
 
 __all__ = ["StateLog", "WaitingReport", "transition_reason", "waiting_text"]
 
@@ -65,7 +68,7 @@ def transition_reason(before: str | None, status: dict) -> str:
 class StateLog:
     """Cell listener: logs every external state change once, with its reason."""
 
-    def __init__(self, cell: Any) -> None:
+    def __init__(self, cell: Cell) -> None:
         self.cell = cell
         self.state: str | None = None
 
@@ -82,7 +85,7 @@ class StateLog:
              reason=reason)
 
 
-def waiting_text(cell: Any) -> str | None:
+def waiting_text(cell: Cell) -> str | None:
     """One line on what the master waits for in ``connecting``; None in any other state."""
     status = cell.status()
     if status.get("state") != "connecting":
@@ -112,7 +115,7 @@ def waiting_text(cell: Any) -> str | None:
 class WaitingReport:
     """While the master is ``connecting``: every ``interval`` s, what it still waits for."""
 
-    def __init__(self, cell: Any, clock: Any, interval: float = 10.0) -> None:
+    def __init__(self, cell: Cell, clock: Any, interval: float = 10.0) -> None:
         self.cell = cell
         self.clock = clock
         self.interval = interval

@@ -8,13 +8,18 @@ for the echo skip, ``answer_bad_command`` for a malformed handler command).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from twisted.logger import Logger
 
 from ate.master.logs import relay_remote_line
 from ate.protocol import messages as m
 from ate.protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ate.master.cell import Cell
+
+_Records = Sequence[dict]  # a decoded result's records (JSON objects)
 
 _ECHOES = (
     m.MasterStatus, m.NextResponse, m.IdentifyResponse, m.GetStateResponse,
@@ -40,7 +45,7 @@ _remote_log = Logger(namespace="ate.remote")
 class Router:
     log = Logger(namespace="ate.master.router")
 
-    def __init__(self, cell: Any) -> None:
+    def __init__(self, cell: Cell) -> None:
         self.cell = cell
         self.codec = cell.codec
         handlers: dict[type, Callable[[Any], None]] = {
@@ -85,7 +90,8 @@ class Router:
                 self._echoes[topic] = (payload, msg.site, msg.state)
             return
         if type(msg) is m.TestResult:  # the hot path; its size bounds what the UI keeps
-            self.cell.test_result(msg.site, msg.records, len(payload))
+            # decoded JSON objects: dicts, the datalog's type
+            self.cell.test_result(msg.site, cast(_Records, msg.records), len(payload))
             return
         handler = self._handlers.get(type(msg))
         if handler is None:
@@ -104,7 +110,7 @@ class Router:
         self.cell.testapp_status(msg.site, msg.state)
 
     def _test_result(self, msg: m.TestResult) -> None:
-        self.cell.test_result(msg.site, msg.records)
+        self.cell.test_result(msg.site, cast(_Records, msg.records))
 
     def _log_line(self, msg: m.LogLine) -> None:
         relay_remote_line(_remote_log, msg.app, msg.site, msg.line)

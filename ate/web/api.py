@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.logger import Logger
@@ -29,6 +29,9 @@ from ate.master.cell import CommandRefused
 from ate.master.machine import refusal_type
 from ate.protocol import messages as m
 from ate.web.feed import MAX_RESULTS_BYTES, encode_results, strict_json
+
+if TYPE_CHECKING:
+    from ate.master.cell import Cell
 
 __all__ = ["Api", "ApiError", "PrometheusMetrics", "MetricsResource", "OPENAPI_PATH",
            "http_status_for_refusal"]
@@ -123,7 +126,7 @@ class Api:
     app = Klein()
     log = Logger(namespace="ate.web.api")
 
-    def __init__(self, cell: Any, *, openapi_path: str = OPENAPI_PATH) -> None:
+    def __init__(self, cell: Cell, *, openapi_path: str = OPENAPI_PATH) -> None:
         self.cell = cell
         self.openapi_path = openapi_path
 
@@ -352,7 +355,7 @@ class PrometheusMetrics:
     """Collects what the cell does not count itself (the cycle-time histogram) and renders
     the text exposition format 0.0.4."""
 
-    def __init__(self, cell: Any, buckets: tuple[float, ...] = CYCLE_BUCKETS) -> None:
+    def __init__(self, cell: Cell, buckets: tuple[float, ...] = CYCLE_BUCKETS) -> None:
         self.cell = cell
         self.buckets = tuple(sorted(buckets))
         self.bucket_counts = [0] * len(self.buckets)

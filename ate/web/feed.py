@@ -22,7 +22,7 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
@@ -33,6 +33,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ate.protocol import messages as m
+
+if TYPE_CHECKING:
+    from ate.master.cell import Cell
 
 __all__ = ["Feed", "FeedProtocol", "strict_json", "sanitize", "encode_results",
            "DEFAULT_MAX_BUFFER", "MAX_RESULTS_BYTES", "MAX_UI_MESSAGE"]
@@ -233,7 +236,7 @@ class Feed:
 
     def __init__(
         self,
-        cell: Any,
+        cell: Cell,
         clock: IReactorTime,
         *,
         wallclock: Callable[[], float] = time.time,
