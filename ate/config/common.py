@@ -437,6 +437,8 @@ def _read_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any], list[
             data: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(name, "-", f"invalid TOML: {e}") from None
+        except ValueError as e:  # an integer beyond Python's digit limit
+            raise ConfigError(name, "-", f"invalid TOML: {e}") from None
         except RecursionError:
             raise ConfigError(name, "-", "invalid TOML: nested too deeply") from None
     else:
@@ -454,6 +456,8 @@ def _read_file(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any], list[
             raise ConfigError(
                 name, "-", f"invalid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
             ) from None
+        except ValueError as e:  # an integer beyond Python's digit limit
+            raise ConfigError(name, "-", f"invalid JSON: {e}") from None
         except RecursionError:
             raise ConfigError(name, "-", "invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):

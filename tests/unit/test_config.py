@@ -393,6 +393,9 @@ def test_web_root_that_is_a_file_is_refused(workdir: Path) -> None:
     [
         ("bad.json", b'{\n  "device_id": "x",\n  "sites": [\n}', "line 4"),
         ("bad.json", b"", "invalid JSON"),
+        # beyond Python's integer digit limit: json raises a plain ValueError there
+        ("big.json", b'{"device_id": ' + b"1" * 5000 + b"}", "invalid JSON: Exceeds the limit"),
+        ("big.toml", b"device_id = " + b"1" * 5000 + b"\n", "invalid TOML: Exceeds the limit"),
         ("list.json", b"[1, 2]", "must be an object, got a list"),
         ("null.json", b"null", "must be an object, got null"),
         ("bad.toml", b'device_id = "x"\nsites = \n', "line 2"),
