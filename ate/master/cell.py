@@ -14,7 +14,6 @@ part's plan and answer in :mod:`ate.master.partplan`, the collaborators' Protoco
 from __future__ import annotations
 
 import itertools
-import reprlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -33,7 +32,7 @@ from ate.master.collaborators import (
     Metrics,
     Publisher,
 )
-from ate.master.logs import LogBuffer
+from ate.master.logs import LogBuffer, excerpt
 from ate.master.lot import Lot
 from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
@@ -48,13 +47,6 @@ from ate.protocol import messages as m
 __all__ = ["Cell", "CommandRefused", "JobSource", "LevelSink", "LotDatalog", "Metrics",
            "Publisher"]
 
-
-# a bounded repr of a payload for a log line (a result can be megabytes)
-_REPR = reprlib.Repr()
-_REPR.maxlist = _REPR.maxtuple = 8
-_REPR.maxdict = 24
-_REPR.maxstring = _REPR.maxother = 120
-_REPR.maxlevel = 4
 
 
 class Cell:
@@ -232,7 +224,7 @@ class Cell:
             else:
                 self.metrics.unexpected_results += 1
             self.log.warn("{problem}; ignored: {records}", problem=problem,
-                          records=_REPR.repr(records))
+                          records=excerpt(records))
             return
         assert part is not None and self.lot is not None
         try:

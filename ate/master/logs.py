@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import stat
 import sys
 import time
@@ -358,6 +359,19 @@ class LogBuffer:
             if file_text:
                 content = memory + header + file_text
         return {"filename": filename, "content": content}
+
+
+# a bounded repr of a payload for a log line (a result can be megabytes)
+_REPR = reprlib.Repr()
+_REPR.maxlist = _REPR.maxtuple = 8
+_REPR.maxdict = 24
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlevel = 4
+
+
+def excerpt(value: object) -> str:
+    """A short repr of ``value`` for a log line, built without the whole repr."""
+    return _REPR.repr(value)
 
 
 def _tail_lines(text: str, cap: int) -> str:
