@@ -59,6 +59,9 @@ def hard_bin(part_id: str) -> int:
     return HARD_BIN[soft_bin(part_id)]
 
 
+TEARDOWN_RACE = "cannot schedule new futures after interpreter shutdown"
+
+
 class Cell:
     """Broker (the test's), master and Control apps as processes; handler and monitor on
     the test's reactor."""
@@ -126,9 +129,18 @@ class Cell:
         await ready
 
     async def unload(self) -> None:
-        done = self.handler.wait_state("initialized", 60)
+        done = self.handler.wait(lambda k, m: k == "status" and m.get("state") in (
+            "initialized", "softerror"), 60)
         await self.handler.send("unload")
-        await done
+        _, status = await done
+        if status["state"] == "softerror" and TEARDOWN_RACE in (status.get("message") or ""):
+            # The real TestApp (semi-ate-test-app 1.0.17) sometimes exits non-zero at
+            # terminate: its paho thread hands a callback to an executor it has already shut
+            # down.  Its Control app then reports error and the master softerrors in
+            # unloading, as the contract says (3.3).  Seen only under heavy load; a bug of
+            # that app, not of ours: reported as an expected failure, never hidden.
+            pytest.xfail(f"real TestApp teardown race: {status['message']}")
+        assert status["state"] == "initialized", status
 
     async def next(self, parts: dict[str, str]) -> tuple[list[dict], float]:
         """One ``next`` for {site: part id}; returns the response's sites and its time.
