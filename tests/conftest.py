@@ -70,3 +70,23 @@ def no_logged_errors():
                 text += "\n" + f.getTraceback()
             lines.append(text)
         pytest.fail("unexpected logged errors:\n" + "\n".join(lines), pytrace=False)
+
+
+@pytest.fixture
+def warnings_logged():
+    """Every event at WARNING or above logged during the test, formatted (a healthy cell
+    logs none)."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: dict) -> None:
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield seen
+    finally:
+        globalLogPublisher.removeObserver(observer)

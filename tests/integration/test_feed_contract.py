@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from tests.integration.test_master import LOT, cellfactory, run_parts
 
@@ -183,23 +181,6 @@ async def connect_ui(reactor, port: int, sites=SITES) -> UIProtocol:
     return proto
 
 
-@pytest.fixture
-def logged_warnings():
-    """Every event at WARNING or above logged while the test runs."""
-    seen: list[str] = []
-
-    def observer(event: dict) -> None:
-        level = event.get("log_level")
-        if level is not None and level >= LogLevel.warn:
-            seen.append(f"[{event.get('log_namespace')}] {formatEvent(event)}")
-
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(observer)
-
-
 async def _wait(reactor, cond, what: str, timeout: float = 10.0) -> None:
     """Poll ``cond`` on the reactor (bounded); the frames come over a real socket."""
     for _ in range(int(timeout / 0.05)):
@@ -245,7 +226,7 @@ async def test_msct_ui_reads_every_frame_of_a_real_lot(reactor, cellfactory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_healthy_lot_logs_no_warning(reactor, cellfactory, logged_warnings):
+async def test_a_healthy_lot_logs_no_warning(reactor, cellfactory, warnings_logged):
     # simulated TestApps answer getexecutionstrategy 50 ms after it, as real ones do:
     # the answers arrive while the first parts are testing
     c = cellfactory(test_time=0.01)
@@ -262,4 +243,4 @@ async def test_a_healthy_lot_logs_no_warning(reactor, cellfactory, logged_warnin
     assert ui.error is None
     ui.sendClose()
     await ui.closed
-    assert logged_warnings == []
+    assert warnings_logged == []

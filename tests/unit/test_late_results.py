@@ -3,30 +3,10 @@
 
 from __future__ import annotations
 
-import pytest
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-
 from cellharness import Harness
 from tests.stdfread import read_stdf
 
 STRATEGY = {"type": "execution_strategy", "payload": [[["0", "1", "2", "3"]]]}
-
-
-@pytest.fixture
-def warnings_logged():
-    """Every event at WARNING or above logged during the test, formatted."""
-    seen: list[str] = []
-
-    def observer(event: dict) -> None:
-        level = event.get("log_level")
-        if level is not None and level >= LogLevel.warn:
-            seen.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield seen
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 def prrs(path: str) -> list[dict]:
