@@ -17,7 +17,7 @@ this adapter does, or leaves out and the note in README "Benchmarks" says so:
   publishes it again after the next CONNACK (as a new message: twisted-mqtt sets DUP only
   on its own in-connection retransmissions).
 - QoS 0 completion: its Deferred has already fired when ``publish`` returns, so the
-  adapter reports ``linkPublished`` one reactor turn later.
+  adapter reports ``link_published`` one reactor turn later.
 - Payloads: it takes ``bytearray`` or ``str`` only (a copy per publish) and delivers
   ``bytearray`` (copied to ``bytes`` here); the last will's message must be a ``str``
   (it is UTF-8 encoded): a binary will cannot be sent (ours is JSON, so it is decoded).
@@ -115,13 +115,13 @@ class TwistedMqttLink:
         if qos == 0:
             if not self._open:
                 raise MqttLinkError(f"publish to {topic!r}: not connected")
-            mid = self._nextMid()
+            mid = self._next_mid()
             self._proto.publish(topic, bytearray(payload), 0).addErrback(self._lostPublish)
             self._q0.append(mid)
             if self._q0Call is None:
-                self._q0Call = self._reactor.callLater(0, self._flushQ0)
+                self._q0Call = self._reactor.callLater(0, self._flush_q0)
             return mid
-        mid = self._nextMid()
+        mid = self._next_mid()
         self._out[mid] = (topic, bytes(payload), qos)
         if self._open:
             self._send(mid)
@@ -132,12 +132,12 @@ class TwistedMqttLink:
             return None
         if self._proto is None:
             raise MqttLinkError("subscribe: not connected")
-        mid = self._nextMid()
+        mid = self._next_mid()
         proto = self._proto
 
         def granted(codes: list[tuple[int, bool]]) -> None:
             if proto is self._proto:
-                self.listener.linkSubscribed(
+                self.listener.link_subscribed(
                     mid, ["Unspecified error" for _qos, failed in codes if failed])
 
         self._proto.subscribe([(t, q) for t, q in subscriptions]).addCallbacks(
@@ -166,7 +166,7 @@ class TwistedMqttLink:
         self._proto = proto
         proto.callLater = self._reactor.callLater
         proto.setWindowSize(WINDOW)
-        proto.onPublish = self._onPublish
+        proto.onPublish = self._on_publish
         lost = proto.connectionLost
 
         def connectionLost(reason: Failure) -> None:
@@ -191,11 +191,11 @@ class TwistedMqttLink:
         if proto is not self._proto or proto.transport is None:
             return  # a late answer (or its CONNACK timeout) of a connection that is gone
         if not accepted:
-            self.listener.linkConnected(False, reason)
+            self.listener.link_connected(False, reason)
             proto.transport.loseConnection()
             return
         self._open = True
-        self.listener.linkConnected(True, reason)
+        self.listener.link_connected(True, reason)
         for mid in list(self._out):  # the session: unacked messages again, in order
             if self._open:
                 self._send(mid)
@@ -210,7 +210,7 @@ class TwistedMqttLink:
         # and the next connection to the same address would send them: the session is ours.
         for queue in self._factory.queuePublishTx.values():
             queue.clear()
-        self.listener.linkLost(f"connection lost: {reason.getErrorMessage()}")
+        self.listener.link_lost(f"connection lost: {reason.getErrorMessage()}")
 
     def _send(self, mid: int) -> None:
         topic, payload, qos = self._out[mid]
@@ -218,27 +218,27 @@ class TwistedMqttLink:
 
         def acked(_: object) -> None:
             if self._out.pop(mid, None) is not None:
-                self.listener.linkPublished(mid)
+                self.listener.link_published(mid)
 
         proto.publish(topic, bytearray(payload), qos).addCallbacks(acked, self._lostPublish)
 
     def _lostPublish(self, f: Failure) -> None:
         """An in-flight operation failed with its connection; the session keeps it."""
 
-    def _onPublish(self, topic: str, payload: bytearray, qos: int, dup: bool,
+    def _on_publish(self, topic: str, payload: bytearray, qos: int, dup: bool,
                    retain: bool, msgId: int | None) -> None:
         try:
-            self.listener.linkMessage(topic, bytes(payload), qos)
+            self.listener.link_message(topic, bytes(payload), qos)
         except Exception:
-            self.log.failure("listener linkMessage failed for {topic}", topic=topic)
+            self.log.failure("listener link_message failed for {topic}", topic=topic)
 
-    def _flushQ0(self) -> None:
+    def _flush_q0(self) -> None:
         self._q0Call = None
         mids, self._q0 = self._q0, []
         for mid in mids:
-            self.listener.linkPublished(mid)
+            self.listener.link_published(mid)
 
-    def _nextMid(self) -> int:
+    def _next_mid(self) -> int:
         mid = self._lastMid
         while True:
             mid = mid + 1 if mid < 65535 else 1

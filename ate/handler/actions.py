@@ -39,17 +39,17 @@ log = Logger(namespace="ate.handler")
 
 
 class HandlerInputs(Protocol):
-    def mqttConnected(self) -> None: ...
-    def stateAnswered(self, device_id: str, state: str) -> bool: ...
-    def masterStatus(self, device_id: str, state: str, message: str) -> None: ...
-    def masterResponse(self, device_id: str, reply: MasterResponse) -> None: ...
-    def responseMalformed(self, device_id: str, command: str | None, reason: str) -> None: ...
+    def mqtt_connected(self) -> None: ...
+    def state_answered(self, device_id: str, state: str) -> bool: ...
+    def master_status(self, device_id: str, state: str, message: str) -> None: ...
+    def master_response(self, device_id: str, reply: MasterResponse) -> None: ...
+    def response_malformed(self, device_id: str, command: str | None, reason: str) -> None: ...
     def load(self, cmd: lp.LoadLot) -> None: ...
     def next(self, cmd: lp.StartTest) -> None: ...
     def unload(self) -> None: ...
-    def testStarted(self) -> None: ...
-    def masterUnloaded(self, device_id: str) -> None: ...
-    def commandRefused(self, device_id: str, reply: ErrorResponse) -> None: ...
+    def test_started(self) -> None: ...
+    def master_unloaded(self, device_id: str) -> None: ...
+    def command_refused(self, device_id: str, reply: ErrorResponse) -> None: ...
     def reached(self) -> None: ...
     def failed(self, reason: str) -> None: ...
     def deadline(self) -> None: ...
@@ -126,7 +126,7 @@ def _track(
             _check(inputs, core)
         return
     if here == READY and state == INITIALIZED:
-        inputs.masterUnloaded(device)
+        inputs.master_unloaded(device)
         return
     if here == "connecting" and state not in (INITIALIZED, "connecting"):
         inputs.failed(f"master {device} reported state {state} while initialized is expected")
@@ -231,7 +231,7 @@ def _response(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
     if isinstance(reply, ErrorResponse):
         if pending is not None and _COMMAND_NAMES.get(reply.command_type) == pending \
                 and device not in core.masters.excluded:
-            inputs.commandRefused(device, reply)
+            inputs.command_refused(device, reply)
         else:
             log.warn("master {device} refused {command}: {rtype} {message}", device=device,
                      command=reply.command_type, rtype=reply.response_type,
@@ -256,7 +256,7 @@ def _malformed(inputs: HandlerInputs, core: HandlerCore, here: str, device: str,
 
 
 def _fail_in(here: str) -> Callable[..., None]:
-    def enterError(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
+    def enter_error(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
         core.deadline.cancel()
         if core.work.kind is not None:
             core.link.send(lp.error_status(reason))
@@ -265,35 +265,35 @@ def _fail_in(here: str) -> Callable[..., None]:
         _publish(core, "error", reason)
         _expect_initialized(inputs, core, core.settings.startup_timeout)
 
-    enterError.__name__ = f"error_from_{here}"
-    return enterError
+    enter_error.__name__ = f"error_from_{here}"
+    return enter_error
 
 
 def _status_in(here: str) -> Callable[..., None]:
-    def masterStatus(inputs: HandlerInputs, core: HandlerCore, device: str, state: str,
+    def master_status(inputs: HandlerInputs, core: HandlerCore, device: str, state: str,
                      message: str) -> None:
         _track(inputs, core, here, device, state, message)
 
-    masterStatus.__name__ = f"status_in_{here}"
-    return masterStatus
+    master_status.__name__ = f"status_in_{here}"
+    return master_status
 
 
 def _response_in(here: str) -> Callable[..., None]:
-    def masterResponse(inputs: HandlerInputs, core: HandlerCore, device: str,
+    def master_response(inputs: HandlerInputs, core: HandlerCore, device: str,
                        reply: MasterResponse) -> None:
         _response(inputs, core, here, device, reply)
 
-    masterResponse.__name__ = f"response_in_{here}"
-    return masterResponse
+    master_response.__name__ = f"response_in_{here}"
+    return master_response
 
 
 def _malformed_in(here: str) -> Callable[..., None]:
-    def responseMalformed(inputs: HandlerInputs, core: HandlerCore, device: str,
+    def response_malformed(inputs: HandlerInputs, core: HandlerCore, device: str,
                           command: str | None, reason: str) -> None:
         _malformed(inputs, core, here, device, command, reason)
 
-    responseMalformed.__name__ = f"malformed_in_{here}"
-    return responseMalformed
+    response_malformed.__name__ = f"malformed_in_{here}"
+    return response_malformed
 
 
 def _snapshot_in(here: str) -> Callable[[HandlerInputs, HandlerCore], HandlerSnapshot]:
@@ -322,7 +322,7 @@ def _republish_in(here: str) -> Callable[[HandlerInputs, HandlerCore], None]:
 
 
 def _state_answer_in(here: str) -> Callable[..., bool]:
-    def stateAnswered(inputs: HandlerInputs, core: HandlerCore, device: str, state: str) -> bool:
+    def state_answered(inputs: HandlerInputs, core: HandlerCore, device: str, state: str) -> bool:
         work = core.work
         if device not in work.probing:
             return False
@@ -330,8 +330,8 @@ def _state_answer_in(here: str) -> Callable[..., bool]:
         _resend_if_lost(core, here, device, state, "get-state")
         return True
 
-    stateAnswered.__name__ = f"state_answer_in_{here}"
-    return stateAnswered
+    state_answered.__name__ = f"state_answer_in_{here}"
+    return state_answered
 
 
 def _refuse_in(here: str, command: str, response_type: str,

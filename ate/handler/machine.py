@@ -168,16 +168,16 @@ _ALL = {
 # every state: status snapshot, master status/response tracking
 for _name, _state in _ALL.items():
     _state.upon(HandlerInputs.status).loop()(_snapshot_in(_name))
-    _state.upon(HandlerInputs.masterStatus).loop()(_status_in(_name))
-    _state.upon(HandlerInputs.masterResponse).loop()(_response_in(_name))
-    _state.upon(HandlerInputs.responseMalformed).loop()(_malformed_in(_name))
-    _state.upon(HandlerInputs.stateAnswered).loop()(_state_answer_in(_name))
+    _state.upon(HandlerInputs.master_status).loop()(_status_in(_name))
+    _state.upon(HandlerInputs.master_response).loop()(_response_in(_name))
+    _state.upon(HandlerInputs.response_malformed).loop()(_malformed_in(_name))
+    _state.upon(HandlerInputs.state_answered).loop()(_state_answer_in(_name))
     if _name != "startup":
-        _state.upon(HandlerInputs.mqttConnected).loop()(_republish_in(_name))
+        _state.upon(HandlerInputs.mqtt_connected).loop()(_republish_in(_name))
     if _name != "error":
         _state.upon(HandlerInputs.failed).to(error)(_fail_in(_name))
     if _name not in ("ready",):
-        _state.upon(HandlerInputs.masterUnloaded).loop()(_ignore)
+        _state.upon(HandlerInputs.master_unloaded).loop()(_ignore)
 
 # refusals of serial commands (13.3); startup counts as connecting
 _REFUSALS: dict[str, dict[str, tuple[str, str | None]]] = {
@@ -200,7 +200,7 @@ for _name, _table in _REFUSALS.items():
 # ---- startup / connecting
 
 
-@startup.upon(HandlerInputs.mqttConnected).to(connecting)
+@startup.upon(HandlerInputs.mqtt_connected).to(connecting)
 def _connected(inputs: HandlerInputs, core: HandlerCore) -> None:
     _publish(core, "connecting")
     core.masters.expect(INITIALIZED, core.masters.live(), fresh=False)
@@ -209,14 +209,14 @@ def _connected(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 
 for _state in (startup, ready):
-    _state.upon(HandlerInputs.commandRefused).loop()(_ignore)
+    _state.upon(HandlerInputs.command_refused).loop()(_ignore)
     _state.upon(HandlerInputs.reached).loop()(_ignore)
     _state.upon(HandlerInputs.deadline).loop()(_ignore)
 
 
 @connecting.upon(HandlerInputs.reached).to(initialized)
 @error.upon(HandlerInputs.reached).to(initialized)
-def _allInitialized(inputs: HandlerInputs, core: HandlerCore) -> None:
+def _all_initialized(inputs: HandlerInputs, core: HandlerCore) -> None:
     core.deadline.cancel()
     core.masters.clear()
     _publish(core, INITIALIZED)
@@ -224,7 +224,7 @@ def _allInitialized(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 
 @connecting.upon(HandlerInputs.deadline).to(error)
-def _startupTimeout(inputs: HandlerInputs, core: HandlerCore) -> None:
+def _startup_timeout(inputs: HandlerInputs, core: HandlerCore) -> None:
     late = sorted(core.masters.waiting)
     reason = f"start-up timeout: master(s) {', '.join(late)} did not report initialized"
     _exclude_late(core, core.settings.startup_timeout)
@@ -232,7 +232,7 @@ def _startupTimeout(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 
 for _state in (connecting, initialized, error):
-    _state.upon(HandlerInputs.commandRefused).loop()(_ignore)
+    _state.upon(HandlerInputs.command_refused).loop()(_ignore)
 
 # ---- initialized
 
@@ -251,13 +251,13 @@ def _load(inputs: HandlerInputs, core: HandlerCore, cmd: lp.LoadLot) -> None:
 
 
 @initialized.upon(HandlerInputs.reached).loop()
-def _allBackInitialized(inputs: HandlerInputs, core: HandlerCore) -> None:
+def _all_back_initialized(inputs: HandlerInputs, core: HandlerCore) -> None:
     core.deadline.cancel()
     core.masters.clear()
 
 
 @initialized.upon(HandlerInputs.deadline).to(error)
-def _initializedTimeout(inputs: HandlerInputs, core: HandlerCore) -> None:
+def _initialized_timeout(inputs: HandlerInputs, core: HandlerCore) -> None:
     late = sorted(core.masters.waiting)
     _fail_in(INITIALIZED)(
         inputs, core,
@@ -288,13 +288,13 @@ def _next(inputs: HandlerInputs, core: HandlerCore, cmd: lp.StartTest) -> None:
     commands = {d: plan.command(d) for d in plan.devices}
     core.work.begin("next", core.settings.next_timeout, commands, plan)
     core.deadline.arm(core.settings.next_timeout, inputs.deadline)
-    inputs.testStarted()
+    inputs.test_started()
     for device, command in commands.items():
         core.bus.command(device, command)
 
 
-@ready.upon(HandlerInputs.testStarted).to(testing)
-def _testStarted(inputs: HandlerInputs, core: HandlerCore) -> None:
+@ready.upon(HandlerInputs.test_started).to(testing)
+def _test_started(inputs: HandlerInputs, core: HandlerCore) -> None:
     _publish(core, "testing")
 
 
@@ -310,8 +310,8 @@ def _unload(inputs: HandlerInputs, core: HandlerCore) -> None:
         core.bus.command(device, unload)
 
 
-@ready.upon(HandlerInputs.masterUnloaded).to(initialized)
-def _unloadedElsewhere(inputs: HandlerInputs, core: HandlerCore, device_id: str) -> None:
+@ready.upon(HandlerInputs.master_unloaded).to(initialized)
+def _unloaded_elsewhere(inputs: HandlerInputs, core: HandlerCore, device_id: str) -> None:
     _publish(core, INITIALIZED, f"master {device_id} reported initialized; lot ended")
     _expect_initialized(inputs, core, core.settings.ready_timeout)
 
@@ -352,14 +352,14 @@ def _refused_back_to(here: str, back: str) -> Callable[..., None]:
     return refused
 
 
-loading.upon(HandlerInputs.commandRefused).to(initialized)(
+loading.upon(HandlerInputs.command_refused).to(initialized)(
     _refused_back_to("loading", INITIALIZED))
-testing.upon(HandlerInputs.commandRefused).to(ready)(_refused_back_to("testing", READY))
-unloading.upon(HandlerInputs.commandRefused).to(ready)(_refused_back_to("unloading", READY))
+testing.upon(HandlerInputs.command_refused).to(ready)(_refused_back_to("testing", READY))
+unloading.upon(HandlerInputs.command_refused).to(ready)(_refused_back_to("unloading", READY))
 
 
 def _timeout_in(here: str, target: str) -> Callable[[HandlerInputs, HandlerCore], None]:
-    def timedOut(inputs: HandlerInputs, core: HandlerCore) -> None:
+    def timed_out(inputs: HandlerInputs, core: HandlerCore) -> None:
         late = sorted(core.masters.waiting) or sorted(
             d for d in (core.work.plan.devices if core.work.plan else ())
             if d not in core.work.plan.responded)  # type: ignore[union-attr]
@@ -367,8 +367,8 @@ def _timeout_in(here: str, target: str) -> Callable[[HandlerInputs, HandlerCore]
                   f"{target} within {core.work.timeout:g} s")
         _fail_in(here)(inputs, core, reason)
 
-    timedOut.__name__ = f"timeout_in_{here}"
-    return timedOut
+    timed_out.__name__ = f"timeout_in_{here}"
+    return timed_out
 
 
 loading.upon(HandlerInputs.deadline).to(error)(_timeout_in("loading", READY))
@@ -379,7 +379,7 @@ unloading.upon(HandlerInputs.deadline).to(error)(_timeout_in("unloading", INITIA
 
 
 @error.upon(HandlerInputs.deadline).loop()
-def _errorTimeout(inputs: HandlerInputs, core: HandlerCore) -> None:
+def _error_timeout(inputs: HandlerInputs, core: HandlerCore) -> None:
     late = sorted(core.masters.waiting)
     _exclude_late(core, core.settings.startup_timeout)
     if late:
@@ -389,7 +389,7 @@ def _errorTimeout(inputs: HandlerInputs, core: HandlerCore) -> None:
 
 
 @error.upon(HandlerInputs.failed).loop()
-def _failedAgain(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
+def _failed_again(inputs: HandlerInputs, core: HandlerCore, reason: str) -> None:
     log.error("handler error: {reason}", reason=reason)
     _publish(core, "error", reason)
 
@@ -459,14 +459,14 @@ class HandlerController:
 
     def mqtt_connected(self) -> None:
         self.connected = True
-        self.machine.mqttConnected()
+        self.machine.mqtt_connected()
 
     def mqtt_disconnected(self) -> None:
         self.connected = False
         log.warn("MQTT connection lost")
 
     def master_status(self, device_id: str, state: str, message: str = "") -> None:
-        self.machine.masterStatus(device_id, state, message or "")
+        self.machine.master_status(device_id, state, message or "")
 
     def master_response(self, device_id: str, reply: MasterResponse) -> None:
         """A decoded ``ate/D/Master/response``; answers to ``ID?``/``TS?`` go to the query."""
@@ -481,13 +481,13 @@ class HandlerController:
         if kind is not None:
             self._answer(kind, device_id, reply)
             return
-        self.machine.masterResponse(device_id, reply)
+        self.machine.master_response(device_id, reply)
 
     def master_response_malformed(self, device_id: str, command: str | None,
                                   reason: str) -> None:
         """An ``ate/D/Master/response`` the codec refused (the caller logged it); ``command``
         is the response's type as far as it could be read."""
-        self.machine.responseMalformed(device_id, command, reason)
+        self.machine.response_malformed(device_id, command, reason)
 
     def master_request(self, device_id: str, cmd: HandlerCommand) -> None:
         """``ate/D/Handler/command``: ``identify``/``get-state`` become ``ID?``/``HS?``."""
@@ -545,7 +545,7 @@ class HandlerController:
     def _answer(self, kind: str, device: str, reply: MasterResponse) -> None:
         probed = False
         if isinstance(reply, GetStateResponse):
-            probed = bool(self.machine.stateAnswered(device, reply.state))
+            probed = bool(self.machine.state_answered(device, reply.state))
         query = self._queries.get(kind)
         if query is None or device not in query.waiting:
             if not probed:

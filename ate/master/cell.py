@@ -145,7 +145,7 @@ class Cell:
         elif isinstance(msg, m.Reset):
             refusal = self.machine.reset()
         elif isinstance(msg, m.SiteLayout):
-            refusal = self.machine.siteLayout(msg.layout)
+            refusal = self.machine.site_layout(msg.layout)
         else:
             raise TypeError(f"not a handler command: {msg!r}")
         if refusal is None:
@@ -202,7 +202,7 @@ class Cell:
         late = self.tracker.control_log(site, level, message)
         if late is not None:
             bare = f"site {site}: control app reported error"
-            self.machine.completeMessage(bare, f"{bare}: {late}")
+            self.machine.complete_message(bare, f"{bare}: {late}")
 
     def testapp_status(self, site: str, state: str) -> None:
         self.tracker.testapp(site, state)
@@ -265,7 +265,7 @@ class Cell:
                           site=site, reason=reason)
 
     def test_summary(self, site: str, records: Sequence[dict]) -> None:
-        self.machine.testSummary(site, records)
+        self.machine.test_summary(site, records)
 
     def take_summary(self, site: str, records: Sequence[dict]) -> None:
         """Effect: a test summary while unloading goes to the datalog (once per site)."""
@@ -315,7 +315,7 @@ class Cell:
         self.log.warn("test summary from site {site} outside unloading ignored", site=site)
 
     def io_request(self, site: str, periphery_type: str, ioctl_name: str, parameters: Any) -> None:
-        self.part_machine.ioRequest(site, periphery_type, ioctl_name, parameters)
+        self.part_machine.io_request(site, periphery_type, ioctl_name, parameters)
 
     def stray_io_request(self, site: str) -> None:
         self.log.warn("io-control request from site {site} outside testing ignored", site=site)
@@ -340,13 +340,13 @@ class Cell:
                           ptype=periphery_type)
             return
         self._publish(m.PeripheralResponseRelay(periphery_type=periphery_type, payload=payload))
-        self.part_machine.resourceDone()
+        self.part_machine.resource_done()
 
     def peripheral_status(self, periphery_type: str, status: str) -> None:
         self.peripherals.set_status(periphery_type, status)
 
     def handler_status(self, state: str, message: Any) -> None:
-        self.machine.handlerStatus(state, message)
+        self.machine.handler_status(state, message)
 
     def handler_reports(self, state: str, message: Any) -> None:
         if state in ("error", "crash"):
@@ -375,8 +375,8 @@ class Cell:
         self._emit("usersettings", self.usersettings())
 
     def bin_map(self, sbin: Any, hbin: Any) -> None:
-        """UI ``binMap``; raises ``CommandRefused`` outside ready, ValueError for bad bins."""
-        refusal = self.machine.binMap()
+        """UI ``bin_map``; raises ``CommandRefused`` outside ready, ValueError for bad bins."""
+        refusal = self.machine.bin_map()
         if refusal is not None:
             raise CommandRefused(refusal)
         if self.lot is None:
@@ -643,8 +643,8 @@ class Cell:
     def acknowledged(self) -> None:
         self.part_machine.acknowledged()
 
-    def partDone(self) -> None:
-        self.part_machine.partDone()
+    def part_done(self) -> None:
+        self.part_machine.part_done()
 
     def fault(self, message: str) -> None:
         self.machine.fault(message)
@@ -683,7 +683,7 @@ class Cell:
                                          ioctl_name=forward.ioctl_name,
                                          parameters=forward.parameters))
         self._pending_io = forward
-        self.part_machine.resourceRequested()
+        self.part_machine.resource_requested()
 
     # -- datalog ------------------------------------------------------------------------
 

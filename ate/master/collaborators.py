@@ -53,7 +53,7 @@ class LevelSink(Protocol):
 
 
 class CommandRefused(SettingsError):
-    """A UI/API change (usersettings, binMap) the master machine refuses in its state;
+    """A UI/API change (usersettings, bin_map) the master machine refuses in its state;
     ``refusal`` is the machine's answer (its ``response_type`` says busy or error)."""
 
     def __init__(self, refusal: Refusal) -> None:

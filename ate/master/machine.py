@@ -5,7 +5,7 @@ Its states are the external states of §3.1 plus the internal ``startup`` (no br
 two ``connecting`` states (``connecting.startup`` after start-up with the ``startup``
 timer, ``connecting.reset`` after a reset with the ``reset`` timer) and ``stopped``.
 ``testing`` drives a small machine of its own (:mod:`ate.master.part`: starting, running,
-waiting_for_resource) and hears ``partStep``/``partDone``/``fault`` from it.
+waiting_for_resource) and hears ``part_step``/``part_done``/``fault`` from it.
 
 Timed states (both connecting states, loading, unloading) are data states: the factory
 creates the phase's timer (``PhaseTimer``, its ``IDelayedCall`` None when
@@ -64,28 +64,28 @@ class MasterInputs(Protocol):
     def next(self, sites: Any) -> Refusal | None: ...
     def unload(self) -> Refusal | None: ...
     def reset(self) -> Refusal | None: ...
-    def siteLayout(self, layout: Any) -> Refusal | None: ...
+    def site_layout(self, layout: Any) -> Refusal | None: ...
     # UI/API changes that only some states allow: a Refusal or None (the cell goes on)
     def usersettings(self) -> Refusal | None: ...
-    def binMap(self) -> Refusal | None: ...
+    def bin_map(self) -> Refusal | None: ...
     # queries
     def status(self) -> Status: ...
 
     # events
     def connected(self) -> None: ...
     def disconnected(self) -> None: ...
-    def jobAccepted(self, job: Job) -> None: ...
-    def partStarted(self, plan: Any) -> None: ...
-    def partStep(self, step: str) -> None: ...
+    def job_accepted(self, job: Job) -> None: ...
+    def part_started(self, plan: Any) -> None: ...
+    def part_step(self, step: str) -> None: ...
     def synced(self) -> None: ...
     def loaded(self) -> None: ...
-    def partDone(self) -> None: ...
+    def part_done(self) -> None: ...
     def fault(self, message: str) -> None: ...
     def fatal(self, message: str) -> None: ...
     def expired(self) -> None: ...
-    def testSummary(self, site: str, records: Any) -> None: ...
-    def handlerStatus(self, state: str, message: Any) -> None: ...
-    def completeMessage(self, bare: str, full: str) -> None: ...
+    def test_summary(self, site: str, records: Any) -> None: ...
+    def handler_status(self, state: str, message: Any) -> None: ...
+    def complete_message(self, bare: str, full: str) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -255,9 +255,9 @@ _COMMANDS = {
     "next": Inputs.next,
     "unload": Inputs.unload,
     "reset": Inputs.reset,
-    "site-layout": Inputs.siteLayout,
+    "site-layout": Inputs.site_layout,
     "usersettings": Inputs.usersettings,
-    "binMap": Inputs.binMap,
+    "binMap": Inputs.bin_map,
 }
 
 _ERRORS: dict[Any, str] = {startup: "error", **{s: "error" for s in CONNECTING}, softerror: "error",
@@ -321,11 +321,11 @@ def _load(inputs: MasterInputs, core: MasterCore, lot_number: str) -> Refusal | 
             core.status = replace(core.status, message=refusal.message)
             core.fx.status_changed(core.status, False)
         return replace(refusal, state=core.status.state)
-    inputs.jobAccepted(cast(Job, job))  # prepare_load gives a job when it refuses nothing
+    inputs.job_accepted(cast(Job, job))  # prepare_load gives a job when it refuses nothing
     return None
 
 
-@initialized.upon(Inputs.jobAccepted).to(loading)
+@initialized.upon(Inputs.job_accepted).to(loading)
 def _start_load(inputs: MasterInputs, core: MasterCore, job: Job) -> None:
     core.fx.start_load(job)
     _set(core, "loading")
@@ -338,7 +338,7 @@ def _next(inputs: MasterInputs, core: MasterCore, sites: Any) -> Refusal | None:
     if refusal is not None:
         return replace(refusal, state=core.status.state)
     core.request = sites
-    inputs.partStarted(plan)
+    inputs.part_started(plan)
     return None
 
 
@@ -357,7 +357,7 @@ def _next_while_testing(inputs: MasterInputs, core: MasterCore, sites: Any) -> R
     return Refusal("next", "busy", _next_busy(core), "testing")
 
 
-@ready.upon(Inputs.partStarted).to(testing)
+@ready.upon(Inputs.part_started).to(testing)
 def _start_part(inputs: MasterInputs, core: MasterCore, plan: Any) -> None:
     core.fx.start_part(plan)
     _set(core, "testing.starting")
@@ -365,12 +365,12 @@ def _start_part(inputs: MasterInputs, core: MasterCore, plan: Any) -> None:
     core.fx.part_started()
 
 
-@testing.upon(Inputs.partStep).loop()
+@testing.upon(Inputs.part_step).loop()
 def _part_step(inputs: MasterInputs, core: MasterCore, step: str) -> None:
     _set(core, f"testing.{step}", core.status.message)
 
 
-@testing.upon(Inputs.partDone).to(ready)
+@testing.upon(Inputs.part_done).to(ready)
 def _part_done(inputs: MasterInputs, core: MasterCore) -> None:
     core.fx.complete_part()
     _set(core, "ready")
@@ -409,7 +409,7 @@ def _layout(inputs: MasterInputs, core: MasterCore, layout: Any) -> Refusal | No
 
 
 for _state in (startup, *CONNECTING, initialized, softerror, error):
-    _loop(_state, Inputs.siteLayout, _layout)
+    _loop(_state, Inputs.site_layout, _layout)
 
 
 # --------------------------------------------------------------------------------------
@@ -543,42 +543,42 @@ for _state in ALL_STATES:
             _loop(_state, Inputs.connected, _republish)
         _leave(_state, Inputs.stop, stopped, _stop)
     if _state is unloading:
-        _loop(_state, Inputs.testSummary, _summary)
+        _loop(_state, Inputs.test_summary, _summary)
     else:
-        _loop(_state, Inputs.testSummary, _stray_summary)
+        _loop(_state, Inputs.test_summary, _stray_summary)
     if _state is softerror:
-        _loop(_state, Inputs.handlerStatus, _ignore("handlerStatus", "softerror"))
+        _loop(_state, Inputs.handler_status, _ignore("handler_status", "softerror"))
     else:
-        _loop(_state, Inputs.handlerStatus,
+        _loop(_state, Inputs.handler_status,
               _handler_status(republish=_state not in (startup, stopped)))
     if _state in (softerror, error):
-        _loop(_state, Inputs.completeMessage, _complete_message)
+        _loop(_state, Inputs.complete_message, _complete_message)
     else:
-        _loop(_state, Inputs.completeMessage, _ignore("completeMessage", _state.name))
+        _loop(_state, Inputs.complete_message, _ignore("complete_message", _state.name))
 
 
 # --------------------------------------------------------------------------------------
 # Everything else that can arrive in a state but does not matter there: logged no-ops.
 
 _EVENTS = {
-    "jobAccepted": Inputs.jobAccepted,
-    "partStarted": Inputs.partStarted,
-    "partStep": Inputs.partStep,
+    "job_accepted": Inputs.job_accepted,
+    "part_started": Inputs.part_started,
+    "part_step": Inputs.part_step,
     "synced": Inputs.synced,
     "loaded": Inputs.loaded,
-    "partDone": Inputs.partDone,
+    "part_done": Inputs.part_done,
     "fault": Inputs.fault,
     "fatal": Inputs.fatal,
     "expired": Inputs.expired,
 }
 
 _HANDLED: dict[str, set[Any]] = {
-    "jobAccepted": {initialized},
-    "partStarted": {ready},
-    "partStep": {testing},
+    "job_accepted": {initialized},
+    "part_started": {ready},
+    "part_step": {testing},
     "synced": {*CONNECTING, unloading},
     "loaded": {loading},
-    "partDone": {testing},
+    "part_done": {testing},
     "fault": set(LIVE),
     "fatal": set(LIVE),
     "expired": set(TIMED),

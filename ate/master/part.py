@@ -7,14 +7,14 @@ the three steps of a part, all published as ``testing``:
 - ``starting``: the TestApps were sent ``next``; the ``next_ack`` timer runs until every
   tested TestApp reported ``testing`` (or sent its result) — ``acknowledged()``;
 - ``running``: the ``test`` timer runs until every tested site delivered its result and is
-  idle again — ``partDone()``;
+  idle again — ``part_done()``;
 - ``waiting_for_resource``: an io-control request went to the actuator; the ``ioctl``
-  timer (always armed, whatever ``enable_timeouts`` says) runs until ``resourceDone()``.
+  timer (always armed, whatever ``enable_timeouts`` says) runs until ``resource_done()``.
 
 Each step is a data state: its factory creates the step's timer and every transition that
 leaves it cancels the timer.  The timer's expiry is the ``expired()`` input: the machine asks
 the effects which sites are missing and tells the master ``fault(text)``.  The machine talks
-to the master only through ``PartListener`` (``partStep``, ``partDone``, ``fault``).
+to the master only through ``PartListener`` (``part_step``, ``part_done``, ``fault``).
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ def index_transitions(machine: Any) -> Any:
 class PartInputs(Protocol):
     def start(self) -> None: ...
     def acknowledged(self) -> None: ...
-    def resourceRequested(self) -> None: ...
-    def resourceDone(self) -> None: ...
-    def partDone(self) -> None: ...
-    def ioRequest(self, site: str, periphery_type: str, ioctl_name: str,
+    def resource_requested(self) -> None: ...
+    def resource_done(self) -> None: ...
+    def part_done(self) -> None: ...
+    def io_request(self, site: str, periphery_type: str, ioctl_name: str,
                   parameters: Any) -> None: ...
     def expired(self) -> None: ...
     def abort(self) -> None: ...
@@ -122,8 +122,8 @@ class PartEffects(Protocol):
 class PartListener(Protocol):
     """The master machine's inputs the part machine calls."""
 
-    def partStep(self, step: str) -> None: ...
-    def partDone(self) -> None: ...
+    def part_step(self, step: str) -> None: ...
+    def part_done(self) -> None: ...
     def fault(self, message: str) -> None: ...
 
 
@@ -179,28 +179,28 @@ def _start(inputs: PartInputs, core: PartCore) -> None:
 @starting.upon(P.acknowledged).to(running)
 def _acknowledged(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
     timer.cancel()
-    _master(core).partStep("running")
+    _master(core).part_step("running")
 
 
-@starting.upon(P.resourceRequested).to(waiting)
-@running.upon(P.resourceRequested).to(waiting)
+@starting.upon(P.resource_requested).to(waiting)
+@running.upon(P.resource_requested).to(waiting)
 def _resource(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
     timer.cancel()
-    _master(core).partStep("waiting_for_resource")
+    _master(core).part_step("waiting_for_resource")
 
 
-@waiting.upon(P.resourceDone).to(running)
+@waiting.upon(P.resource_done).to(running)
 def _resource_done(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
     timer.cancel()
-    _master(core).partStep("running")
+    _master(core).part_step("running")
 
 
 for _state in STEPS:
 
-    @_state.upon(P.partDone).to(idle)
+    @_state.upon(P.part_done).to(idle)
     def _done(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
         timer.cancel()
-        _master(core).partDone()
+        _master(core).part_done()
 
     @_state.upon(P.expired).to(idle)
     def _expired(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
@@ -217,13 +217,13 @@ for _state in STEPS:
     def _abort(inputs: PartInputs, core: PartCore, timer: PhaseTimer) -> None:
         timer.cancel()
 
-    @_state.upon(P.ioRequest, nodata=True).loop()
+    @_state.upon(P.io_request, nodata=True).loop()
     def _io(inputs: PartInputs, core: PartCore, site: str, periphery_type: str,
             ioctl_name: str, parameters: Any) -> None:
         core.fx.take_io_request(site, periphery_type, ioctl_name, parameters)
 
 
-@idle.upon(P.ioRequest).loop()
+@idle.upon(P.io_request).loop()
 def _stray_io(inputs: PartInputs, core: PartCore, site: str, periphery_type: str,
               ioctl_name: str, parameters: Any) -> None:
     core.fx.stray_io_request(site)
@@ -241,11 +241,11 @@ def _ignore(name: str, where: str):
 
 
 _EVENTS = {"start": P.start, "acknowledged": P.acknowledged,
-           "resourceRequested": P.resourceRequested, "resourceDone": P.resourceDone,
-           "partDone": P.partDone, "expired": P.expired}
+           "resource_requested": P.resource_requested, "resource_done": P.resource_done,
+           "part_done": P.part_done, "expired": P.expired}
 _HANDLED: dict[str, set[Any]] = {"start": {idle}, "acknowledged": {starting},
-            "resourceRequested": {starting, running}, "resourceDone": {waiting},
-            "partDone": set(STEPS), "expired": set(STEPS)}
+            "resource_requested": {starting, running}, "resource_done": {waiting},
+            "part_done": set(STEPS), "expired": set(STEPS)}
 
 for _ename, _input in _EVENTS.items():
     for _state in ALL:

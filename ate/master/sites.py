@@ -4,7 +4,7 @@ the current phase expects (protocol.md §3.4).
 The tracker knows nothing about MQTT or timers.  The cell tells it which phase has begun,
 feeds it every site status and result, and receives phase events through a small
 ``TrackerEvents`` interface: ``synced`` (every Control app idle), ``loaded`` (every TestApp
-idle after a load), ``acknowledged`` (every tested TestApp started the part), ``partDone``
+idle after a load), ``acknowledged`` (every tested TestApp started the part), ``part_done``
 (every tested site delivered its result and is idle again), ``fault`` (a site broke the
 expected sequence) and ``fatal``.
 """
@@ -28,7 +28,7 @@ class TrackerEvents(Protocol):
     def synced(self) -> None: ...
     def loaded(self) -> None: ...
     def acknowledged(self) -> None: ...
-    def partDone(self) -> None: ...
+    def part_done(self) -> None: ...
     def fault(self, message: str) -> None: ...
 
 
@@ -301,7 +301,7 @@ class SiteTracker:
         if s.result and s.idle_again:
             self._pending -= 1
             if self._pending == 0:
-                self._events.partDone()
+                self._events.part_done()
 
     def _bad(self, app: str, s: _Site, state: str, expected: str, during: str) -> None:
         self._events.fault(

@@ -18,16 +18,16 @@ and the real-broker tests in tests/integration/test_mqtt*.py run them both):
 - C{connect()} opens the connection and writes CONNECT (clean session, keepalive,
   credentials, TLS, a non-retained last will); its Deferred fires once CONNECT is on its
   way and fails for a failed attempt. The broker's answer comes later, in another
-  reactor turn, as C{linkConnected(accepted, reason)}.
+  reactor turn, as C{link_connected(accepted, reason)}.
 - C{publish(topic, payload, qos) -> mid}: QoS 0 is written at once and reported with
-  C{linkPublished(mid)} after C{publish} has returned; QoS 1/2 wait in an in-flight
+  C{link_published(mid)} after C{publish} has returned; QoS 1/2 wait in an in-flight
   window of L{WINDOW} and are reported on PUBACK / PUBCOMP. A QoS 1/2 message unacked
   when the connection drops is sent again after the next accepted CONNACK.
   L{MqttLinkError} when the link cannot take it, ValueError for a bad argument.
-- C{subscribe(subscriptions) -> mid | None}: one SUBSCRIBE; C{linkSubscribed} follows.
+- C{subscribe(subscriptions) -> mid | None}: one SUBSCRIBE; C{link_subscribed} follows.
 - C{disconnect()}: a clean DISCONNECT (the broker drops the will); C{abort()}: the
   connection is dropped without one (the broker publishes the will). Both end in
-  C{linkLost}.
+  C{link_lost}.
 - C{start()} / C{stop()}: the link's own timers (idempotent).
 - C{refused_packets}: PUBLISH packets refused for being larger than
   C{options.max_packet_size} (L{DEFAULT_MAX_PACKET}); such a packet is never buffered
@@ -72,19 +72,19 @@ class MqttLinkError(Exception):
 class LinkListener(Protocol):
     """What a link reports to; every call is on the reactor thread."""
 
-    def linkConnected(self, accepted: bool, reason: str) -> None:
+    def link_connected(self, accepted: bool, reason: str) -> None:
         """CONNACK received: C{accepted} is False when the broker refused."""
 
-    def linkLost(self, reason: str) -> None:
+    def link_lost(self, reason: str) -> None:
         """The connection is gone (broker loss, our DISCONNECT, keepalive)."""
 
-    def linkMessage(self, topic: str, payload: bytes, qos: int) -> None:
+    def link_message(self, topic: str, payload: bytes, qos: int) -> None:
         """A PUBLISH arrived."""
 
-    def linkPublished(self, mid: int) -> None:
+    def link_published(self, mid: int) -> None:
         """Our message C{mid} was acked (QoS > 0) or written (QoS 0)."""
 
-    def linkSubscribed(self, mid: int, failures: Sequence[str]) -> None:
+    def link_subscribed(self, mid: int, failures: Sequence[str]) -> None:
         """SUBACK for C{mid}; C{failures} names refused filters' reasons."""
 
 

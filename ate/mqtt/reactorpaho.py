@@ -117,15 +117,15 @@ class _PahoSocket:
         return self._fd
 
     def doRead(self) -> None:
-        self._link._doRead()
+        self._link._do_read()
         return None  # never a reason: paho handles its own connection loss
 
     def doWrite(self) -> None:
-        self._link._doWrite()
+        self._link._do_write()
         return None
 
     def connectionLost(self, reason: Failure) -> None:
-        self._link._descriptorLost(self, reason)
+        self._link._descriptor_lost(self, reason)
 
     def logPrefix(self) -> str:
         return "paho-mqtt"
@@ -151,7 +151,7 @@ class ReactorPaho:
         self._registered = False  # descriptor handed to the reactor?
         self._wantWrite = False
         self._blocking = False
-        self._misc = LoopingCall(self._loopMisc)
+        self._misc = LoopingCall(self._loop_misc)
         self._misc.clock = reactor
         self._miscInterval = misc_interval
         # Write coalescing: while the reactor drives loop_write(), paho's packets are
@@ -160,20 +160,20 @@ class ReactorPaho:
         self._wbuf = bytearray()
         self._gathering = False
         self._pahoSend = client._sock_send
-        client._sock_send = self._sockSend  # type: ignore[method-assign]
+        client._sock_send = self._sock_send  # type: ignore[method-assign]
         # The packet size cap: paho reads each packet body through _sock_recv.
         self._maxPacket = DEFAULT_MAX_PACKET
         #: PUBLISH packets refused for being larger than max_packet_size.
         self.refused_packets = 0
         self._refusing: dict | None = None  # the oversized packet being dropped
         self._pahoRecv = client._sock_recv
-        client._sock_recv = self._sockRecv  # type: ignore[method-assign]
+        client._sock_recv = self._sock_recv  # type: ignore[method-assign]
         # paho 2.x marks every unacked message for sending at the next CONNACK without
         # counting them against the in-flight window, so after a reconnect with more than
         # WINDOW of them it floods the broker (mosquitto drops the connection again, or
         # acks and drops the messages): keep the window, the rest queued.
         self._pahoResetOut = client._messages_reconnect_reset_out
-        client._messages_reconnect_reset_out = self._resetOut  # type: ignore[method-assign]
+        client._messages_reconnect_reset_out = self._reset_out  # type: ignore[method-assign]
         # paho leaves the TLS socket of a failed handshake unclosed (a ResourceWarning and
         # an fd until the garbage collector finds it): keep the last one to close it.
         self._tlsSocket: Any = None
@@ -188,17 +188,17 @@ class ReactorPaho:
             context.wrap_socket = wrapSocket  # type: ignore[method-assign]
 
         client.suppress_exceptions = True
-        client.on_socket_open = self._guard("on_socket_open", self._socketOpened)
-        client.on_socket_close = self._guard("on_socket_close", self._socketClosed)
+        client.on_socket_open = self._guard("on_socket_open", self._socket_opened)
+        client.on_socket_close = self._guard("on_socket_close", self._socket_closed)
         client.on_socket_register_write = self._guard(
-            "on_socket_register_write", self._registerWrite)
+            "on_socket_register_write", self._register_write)
         client.on_socket_unregister_write = self._guard(
-            "on_socket_unregister_write", self._unregisterWrite)
-        client.on_connect = self._guard("on_connect", self._onConnect)
-        client.on_disconnect = self._guard("on_disconnect", self._onDisconnect)
-        client.on_message = self._guard("on_message", self._onMessage)
-        client.on_publish = self._guard("on_publish", self._onPublish)
-        client.on_subscribe = self._guard("on_subscribe", self._onSubscribe)
+            "on_socket_unregister_write", self._unregister_write)
+        client.on_connect = self._guard("on_connect", self._on_connect)
+        client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
+        client.on_message = self._guard("on_message", self._on_message)
+        client.on_publish = self._guard("on_publish", self._on_publish)
+        client.on_subscribe = self._guard("on_subscribe", self._on_subscribe)
 
     # -- public API -----------------------------------------------------
 
@@ -225,7 +225,7 @@ class ReactorPaho:
         """Open the TCP (TLS) connection and send CONNECT, in a worker thread.
 
         Fires when the socket is registered with the reactor and CONNECT is
-        queued; the broker's answer arrives later via C{linkConnected}.
+        queued; the broker's answer arrives later via C{link_connected}.
         """
         if self._blocking:
             raise MqttLinkError("connect: a connection attempt is already running")
@@ -248,7 +248,7 @@ class ReactorPaho:
             # see the socket: no read (so no CONNACK) can be processed
             # before this Deferred's callers learn that connect returned.
             self._blocking = False
-            self._registerDescriptor()
+            self._register_descriptor()
             return result
 
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), attempt)
@@ -291,14 +291,14 @@ class ReactorPaho:
 
     # -- guarding -------------------------------------------------------
 
-    def _inReactorThread(self) -> bool:
+    def _in_reactor_thread(self) -> bool:
         return threading.get_ident() == self._reactorThread
 
     def _guard(self, name: str, fn: Callable[..., None]) -> Callable[..., None]:
         """Wrap a paho callback: reactor thread only, exceptions logged."""
 
         def guarded(*args: Any) -> None:
-            if not self._inReactorThread():
+            if not self._in_reactor_thread():
                 self._reactor.callFromThread(guarded, *args)
                 return
             try:
@@ -310,34 +310,34 @@ class ReactorPaho:
 
     # -- socket registration --------------------------------------------
 
-    def _socketOpened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _socket_opened(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass  # unix sockets, exotic transports
-        self._dropDescriptor()
+        self._drop_descriptor()
         self._descriptor = _PahoSocket(self, sock)
         self._wantWrite = False
         if not self._blocking:
-            self._registerDescriptor()
+            self._register_descriptor()
 
-    def _socketClosed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _socket_closed(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
-            self._dropDescriptor()
+            self._drop_descriptor()
 
-    def _registerWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
             self._wantWrite = True
             if self._registered:
                 self._reactor.addWriter(self._descriptor)
 
-    def _unregisterWrite(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._descriptor is not None and self._descriptor.sock is sock:
             self._wantWrite = False
             if self._registered and not self._wbuf:
                 self._reactor.removeWriter(self._descriptor)
 
-    def _registerDescriptor(self) -> None:
+    def _register_descriptor(self) -> None:
         if self._descriptor is None or self._registered:
             return
         self._registered = True
@@ -345,7 +345,7 @@ class ReactorPaho:
         if self._wantWrite:
             self._reactor.addWriter(self._descriptor)
 
-    def _dropDescriptor(self) -> None:
+    def _drop_descriptor(self) -> None:
         descriptor, self._descriptor = self._descriptor, None
         registered, self._registered = self._registered, False
         self._wantWrite = False
@@ -354,23 +354,23 @@ class ReactorPaho:
             self._reactor.removeReader(descriptor)
             self._reactor.removeWriter(descriptor)
 
-    def _descriptorLost(self, descriptor: _PahoSocket, reason: Failure) -> None:
+    def _descriptor_lost(self, descriptor: _PahoSocket, reason: Failure) -> None:
         # The reactor gave up on the fd (e.g. it became invalid); paho will
         # notice on its side through loop_misc or the next read.
         self.log.debug("paho socket removed by the reactor: {reason}",
                        reason=reason.getErrorMessage())
         if descriptor is self._descriptor:
-            self._dropDescriptor()
+            self._drop_descriptor()
 
     # -- loop driving ---------------------------------------------------
 
-    def _doRead(self) -> None:
+    def _do_read(self) -> None:
         try:
             self.client.loop_read()
         except Exception:
             self.log.failure("paho loop_read failed")
 
-    def _sockSend(self, buf: bytes | bytearray) -> int:
+    def _sock_send(self, buf: bytes | bytearray) -> int:
         if self._gathering:
             self._wbuf += buf
             if buf[:1] == b"\xe0":
@@ -379,14 +379,14 @@ class ReactorPaho:
             return len(buf)
         return self._pahoSend(buf)
 
-    def _sockRecv(self, bufsize: int) -> bytes:
+    def _sock_recv(self, bufsize: int) -> bytes:
         packet = self.client._in_packet
         if packet["have_remaining"] and packet["remaining_length"] > self._maxPacket:
-            return self._dropOversized(packet)
+            return self._drop_oversized(packet)
         self._refusing = None
         return self._pahoRecv(bufsize)
 
-    def _dropOversized(self, packet: Any) -> bytes:
+    def _drop_oversized(self, packet: Any) -> bytes:
         """Read the body of the oversized packet paho is at and drop it; once all of it
         is read, return the stand-in PUBLISH body (see the module docstring).  Raises
         BlockingIOError (paho: try again later) while bytes are still to come."""
@@ -433,7 +433,7 @@ class ReactorPaho:
         packet["to_process"] = len(stub)
         return stub
 
-    def _resetOut(self) -> None:
+    def _reset_out(self) -> None:
         """paho's reconnect reset of outgoing messages, within the in-flight window.
 
         QoS 0 messages still unwritten are dropped (the service has already failed them
@@ -454,7 +454,7 @@ class ReactorPaho:
                 else:
                     inflight += 1
 
-    def _doWrite(self) -> None:
+    def _do_write(self) -> None:
         sock = self.client.socket()
         self._gathering = type(sock) is socket.socket and not self._blocking
         try:
@@ -486,7 +486,7 @@ class ReactorPaho:
             elif not self._wantWrite:
                 self._reactor.removeWriter(self._descriptor)
 
-    def _loopMisc(self) -> None:
+    def _loop_misc(self) -> None:
         if self._blocking or self.client.socket() is None:
             return  # a worker thread owns the client, or nothing to ping
         try:
@@ -496,24 +496,24 @@ class ReactorPaho:
 
     # -- paho callbacks -> listener --------------------------------------
 
-    def _onConnect(self, client: paho.Client, userdata: Any, flags: Any,
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
                    reason: Any, properties: Any) -> None:
-        self.listener.linkConnected(not reason.is_failure, str(reason))
+        self.listener.link_connected(not reason.is_failure, str(reason))
 
-    def _onDisconnect(self, client: paho.Client, userdata: Any, flags: Any,
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                       reason: Any, properties: Any) -> None:
-        self.listener.linkLost(str(reason))
+        self.listener.link_lost(str(reason))
 
-    def _onMessage(self, client: paho.Client, userdata: Any, message: Any) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
         if message.payload == _REFUSED:
             return  # the stand-in of a refused oversized PUBLISH (logged when read)
-        self.listener.linkMessage(message.topic, message.payload, message.qos)
+        self.listener.link_message(message.topic, message.payload, message.qos)
 
-    def _onPublish(self, client: paho.Client, userdata: Any, mid: int,
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
                    reason: Any, properties: Any) -> None:
-        self.listener.linkPublished(mid)
+        self.listener.link_published(mid)
 
-    def _onSubscribe(self, client: paho.Client, userdata: Any, mid: int,
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int,
                      reasons: Sequence[Any], properties: Any) -> None:
-        self.listener.linkSubscribed(
+        self.listener.link_subscribed(
             mid, [str(r) for r in reasons if r.is_failure])

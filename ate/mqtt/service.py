@@ -3,13 +3,13 @@
 The connection lifecycle is an Automat C{TypeMachineBuilder} machine
 (L{ConnectionMachine}), modelled on Twisted's C{ClientService}::
 
-    idle --start--> connecting --socketReady--> handshaking --brokerAccepted--> connected
+    idle --start--> connecting --socket_ready--> handshaking --broker_accepted--> connected
                         |                           |                              |
-                   socketFailed       brokerRefused/connectionLost/          connectionLost
-                        v              handshakeTimedOut v                          v
+                   socket_failed       broker_refused/connectionLost/          connectionLost
+                        v              handshake_timed_out v                          v
                      waiting <-----------------------------------------------------+
-                        |  (delay 1 s doubling to 30 s; reset on brokerAccepted)
-                        +--retryDue--> connecting
+                        |  (delay 1 s doubling to 30 s; reset on broker_accepted)
+                        +--retry_due--> connecting
 
     stop: waiting/idle -> stopped; connecting -> cancelling (the worker thread
     finishes first); handshaking/connected -> disconnecting (clean DISCONNECT,
@@ -67,28 +67,28 @@ class Connection(Protocol):
     def stop(self) -> None:
         "The service is stopping; the core's events.stopped() signals the end."
 
-    def socketReady(self) -> None:
+    def socket_ready(self) -> None:
         "The worker thread connected the socket and queued CONNECT."
 
-    def socketFailed(self, reason: str) -> None:
+    def socket_failed(self, reason: str) -> None:
         "The worker thread could not connect (DNS, refused, TLS...)."
 
-    def brokerAccepted(self) -> None:
+    def broker_accepted(self) -> None:
         "CONNACK with success."
 
-    def brokerRefused(self, reason: str) -> None:
+    def broker_refused(self, reason: str) -> None:
         "CONNACK with a failure code (bad credentials, identifier rejected...)."
 
     def connectionLost(self, reason: str) -> None:
         "The socket closed (broker gone, our DISCONNECT written, keepalive)."
 
-    def retryDue(self) -> None:
+    def retry_due(self) -> None:
         "The backoff delay has passed."
 
-    def handshakeTimedOut(self) -> None:
+    def handshake_timed_out(self) -> None:
         "No CONNACK within the handshake timeout."
 
-    def stopTimedOut(self) -> None:
+    def stop_timed_out(self) -> None:
         "The socket did not close within the stop timeout."
 
 
@@ -126,44 +126,44 @@ class ConnectionCore:
         return delay
 
 
-def _beginConnect(conn: Connection, core: ConnectionCore) -> None:
+def _begin_connect(conn: Connection, core: ConnectionCore) -> None:
     """Data factory of C{connecting}: run the blocking connect in a thread."""
     try:
         d = core.link.connect()
     except Exception as e:  # a synchronous refusal is just a failed attempt
-        conn.socketFailed(f"{type(e).__name__}: {e}")
+        conn.socket_failed(f"{type(e).__name__}: {e}")
         return
 
     def failed(f: Failure) -> None:
-        conn.socketFailed(f"{f.type.__name__}: {f.getErrorMessage()}")
+        conn.socket_failed(f"{f.type.__name__}: {f.getErrorMessage()}")
 
-    d.addCallbacks(lambda _: conn.socketReady(), failed)
+    d.addCallbacks(lambda _: conn.socket_ready(), failed)
     d.addErrback(lambda f: core.log.failure("connection machine input failed", f))
 
 
-def _armHandshake(conn: Connection, core: ConnectionCore) -> IDelayedCall:
-    return core.clock.callLater(core.handshake_timeout, conn.handshakeTimedOut)
+def _arm_handshake(conn: Connection, core: ConnectionCore) -> IDelayedCall:
+    return core.clock.callLater(core.handshake_timeout, conn.handshake_timed_out)
 
 
-def _scheduleRetry(conn: Connection, core: ConnectionCore, reason: str = "") -> IDelayedCall:
+def _schedule_retry(conn: Connection, core: ConnectionCore, reason: str = "") -> IDelayedCall:
     delay = core.next_delay()
     core.log.info("MQTT reconnect attempt {attempt} in {delay} s",
                   attempt=core.failures, delay=delay)
-    return core.clock.callLater(delay, conn.retryDue)
+    return core.clock.callLater(delay, conn.retry_due)
 
 
-def _armStop(conn: Connection, core: ConnectionCore) -> IDelayedCall:
-    return core.clock.callLater(core.stop_timeout, conn.stopTimedOut)
+def _arm_stop(conn: Connection, core: ConnectionCore) -> IDelayedCall:
+    return core.clock.callLater(core.stop_timeout, conn.stop_timed_out)
 
 
 _b = TypeMachineBuilder(Connection, ConnectionCore)
 _idle = _b.state("idle")
-_connecting = _b.state("connecting", _beginConnect)
-_handshaking = _b.state("handshaking", _armHandshake)
+_connecting = _b.state("connecting", _begin_connect)
+_handshaking = _b.state("handshaking", _arm_handshake)
 _connected = _b.state("connected")
-_waiting = _b.state("waiting", _scheduleRetry)
+_waiting = _b.state("waiting", _schedule_retry)
 _cancelling = _b.state("cancelling")
-_disconnecting = _b.state("disconnecting", _armStop)
+_disconnecting = _b.state("disconnecting", _arm_stop)
 _stopped = _b.state("stopped")
 
 # start
@@ -177,23 +177,23 @@ _cancelling.upon(Connection.start).loop().returns(None)
 _disconnecting.upon(Connection.start).loop().returns(None)
 
 # connecting
-_connecting.upon(Connection.socketReady).to(_handshaking).returns(None)
+_connecting.upon(Connection.socket_ready).to(_handshaking).returns(None)
 _connecting.upon(Connection.stop).to(_cancelling).returns(None)
 
 
-# C{connecting} has a data factory (L{_beginConnect}) and C{waiting} builds its
+# C{connecting} has a data factory (L{_begin_connect}) and C{waiting} builds its
 # data (the retry timer) from this input's arguments, so the behaviour must not
 # take the old state's data: C{nodata=True}, as in C{ClientService}'s
 # C{failedWhenConnecting}.
-@pep614(_connecting.upon(Connection.socketFailed, nodata=True).to(_waiting))
-def _connectFailed(conn: Connection, core: ConnectionCore, reason: str) -> None:
+@pep614(_connecting.upon(Connection.socket_failed, nodata=True).to(_waiting))
+def _connect_failed(conn: Connection, core: ConnectionCore, reason: str) -> None:
     core.log.warn("MQTT connection attempt failed: {reason}", reason=reason)
 
 
 # handshaking
 
 
-@pep614(_handshaking.upon(Connection.brokerAccepted).to(_connected))
+@pep614(_handshaking.upon(Connection.broker_accepted).to(_connected))
 def _accepted(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
     timer.cancel()
     core.failures = 0
@@ -207,7 +207,7 @@ def _accepted(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> No
     core.events.up()
 
 
-@pep614(_handshaking.upon(Connection.brokerRefused).to(_waiting))
+@pep614(_handshaking.upon(Connection.broker_refused).to(_waiting))
 def _refused(conn: Connection, core: ConnectionCore, timer: IDelayedCall, reason: str) -> None:
     timer.cancel()
     core.log.error("MQTT broker refused the connection: {reason}", reason=reason)
@@ -215,21 +215,21 @@ def _refused(conn: Connection, core: ConnectionCore, timer: IDelayedCall, reason
 
 
 @pep614(_handshaking.upon(Connection.connectionLost).to(_waiting))
-def _lostInHandshake(conn: Connection, core: ConnectionCore, timer: IDelayedCall,
+def _lost_in_handshake(conn: Connection, core: ConnectionCore, timer: IDelayedCall,
                      reason: str) -> None:
     timer.cancel()
     core.log.warn("MQTT connection closed before CONNACK: {reason}", reason=reason)
 
 
-@pep614(_handshaking.upon(Connection.handshakeTimedOut).to(_waiting))
-def _handshakeTimeout(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
+@pep614(_handshaking.upon(Connection.handshake_timed_out).to(_waiting))
+def _handshake_timeout(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
     core.log.warn("MQTT broker sent no CONNACK within {timeout} s",
                   timeout=core.handshake_timeout)
     core.link.abort()
 
 
 @pep614(_handshaking.upon(Connection.stop).to(_disconnecting))
-def _stopInHandshake(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
+def _stop_in_handshake(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
     timer.cancel()
     core.link.disconnect()
 
@@ -244,19 +244,19 @@ def _lost(conn: Connection, core: ConnectionCore, reason: str) -> None:
 
 
 @pep614(_connected.upon(Connection.stop).to(_disconnecting))
-def _stopConnected(conn: Connection, core: ConnectionCore) -> None:
+def _stop_connected(conn: Connection, core: ConnectionCore) -> None:
     core.link.disconnect()
     core.events.down("service stopping")
 
 
 # waiting
-_waiting.upon(Connection.retryDue, nodata=True).to(_connecting).returns(None)
+_waiting.upon(Connection.retry_due, nodata=True).to(_connecting).returns(None)
 # a refused CONNACK is followed by the socket closing:
 _waiting.upon(Connection.connectionLost, nodata=True).loop().returns(None)
 
 
 @pep614(_waiting.upon(Connection.stop).to(_stopped))
-def _stopWaiting(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
+def _stop_waiting(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
     timer.cancel()
     core.events.stopped()
 
@@ -265,20 +265,20 @@ def _stopWaiting(conn: Connection, core: ConnectionCore, timer: IDelayedCall) ->
 _cancelling.upon(Connection.stop).loop().returns(None)
 
 
-@pep614(_cancelling.upon(Connection.socketReady).to(_disconnecting))
-def _cancelAfterConnect(conn: Connection, core: ConnectionCore) -> None:
+@pep614(_cancelling.upon(Connection.socket_ready).to(_disconnecting))
+def _cancel_after_connect(conn: Connection, core: ConnectionCore) -> None:
     core.link.disconnect()
 
 
-@pep614(_cancelling.upon(Connection.socketFailed).to(_stopped))
-def _cancelAfterFailure(conn: Connection, core: ConnectionCore, reason: str) -> None:
+@pep614(_cancelling.upon(Connection.socket_failed).to(_stopped))
+def _cancel_after_failure(conn: Connection, core: ConnectionCore, reason: str) -> None:
     core.events.stopped()
 
 
 # disconnecting
 _disconnecting.upon(Connection.stop, nodata=True).loop().returns(None)
-_disconnecting.upon(Connection.brokerAccepted, nodata=True).loop().returns(None)
-_disconnecting.upon(Connection.brokerRefused, nodata=True).loop().returns(None)
+_disconnecting.upon(Connection.broker_accepted, nodata=True).loop().returns(None)
+_disconnecting.upon(Connection.broker_refused, nodata=True).loop().returns(None)
 
 
 @pep614(_disconnecting.upon(Connection.connectionLost).to(_stopped))
@@ -288,8 +288,8 @@ def _closed(conn: Connection, core: ConnectionCore, timer: IDelayedCall, reason:
     core.events.stopped()
 
 
-@pep614(_disconnecting.upon(Connection.stopTimedOut).to(_stopped))
-def _closeTimeout(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
+@pep614(_disconnecting.upon(Connection.stop_timed_out).to(_stopped))
+def _close_timeout(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -> None:
     core.log.warn("MQTT socket did not close within {timeout} s; dropping it",
                   timeout=core.stop_timeout)
     core.link.abort()
@@ -299,14 +299,14 @@ def _closeTimeout(conn: Connection, core: ConnectionCore, timer: IDelayedCall) -
 # idle and stopped
 @pep614(_idle.upon(Connection.stop).to(_stopped))
 @pep614(_stopped.upon(Connection.stop).loop())
-def _alreadyStopped(conn: Connection, core: ConnectionCore) -> None:
+def _already_stopped(conn: Connection, core: ConnectionCore) -> None:
     core.events.stopped()
 
 
 # late events after an aborted stop
 _stopped.upon(Connection.connectionLost).loop().returns(None)
-_stopped.upon(Connection.brokerAccepted).loop().returns(None)
-_stopped.upon(Connection.brokerRefused).loop().returns(None)
+_stopped.upon(Connection.broker_accepted).loop().returns(None)
+_stopped.upon(Connection.broker_refused).loop().returns(None)
 
 ConnectionMachine = _b.build()
 
@@ -437,7 +437,7 @@ class MqttService(Service):
         """Wait (bounded) for unacked publishes, DISCONNECT, wait for the close."""
         Service.stopService(self)
         drained = self._drain()
-        drained.addCallback(lambda _: self._stopMachine())
+        drained.addCallback(lambda _: self._stop_machine())
         return drained
 
     # -- public API -------------------------------------------------------
@@ -507,7 +507,7 @@ class MqttService(Service):
                 del self._pending[mid]
                 d.errback(MqttNotConnected(
                     f"connection lost before the message was written ({reason})"))
-        self._checkDrained()
+        self._check_drained()
         if self._on_disconnected is not None:
             self._call_app("on_disconnected", self._on_disconnected)
 
@@ -518,7 +518,7 @@ class MqttService(Service):
         pending, self._pending = self._pending, {}
         for d, _ in pending.values():
             d.errback(MqttNotConnected("MQTT service stopped before the broker acked"))
-        self._checkDrained()
+        self._check_drained()
         waiters, self._connect_waiters = self._connect_waiters, []
         for w in waiters:
             w.errback(MqttNotConnected("MQTT service stopped"))
@@ -528,28 +528,28 @@ class MqttService(Service):
 
     # -- LinkListener (called by the link, on the reactor thread) -----------
 
-    def linkConnected(self, accepted: bool, reason: str) -> None:
+    def link_connected(self, accepted: bool, reason: str) -> None:
         if accepted:
-            self._machine.brokerAccepted()
+            self._machine.broker_accepted()
         else:
-            self._machine.brokerRefused(reason)
+            self._machine.broker_refused(reason)
 
-    def linkLost(self, reason: str) -> None:
+    def link_lost(self, reason: str) -> None:
         self._machine.connectionLost(reason)
 
-    def linkMessage(self, topic: str, payload: bytes, qos: int) -> None:
+    def link_message(self, topic: str, payload: bytes, qos: int) -> None:
         try:
             self._on_message(topic, payload)
         except Exception:
             self.log.failure("MQTT on_message handler failed for topic {topic}", topic=topic)
 
-    def linkPublished(self, mid: int) -> None:
+    def link_published(self, mid: int) -> None:
         entry = self._pending.pop(mid, None)
         if entry is not None:
             entry[0].callback(None)
-            self._checkDrained()
+            self._check_drained()
 
-    def linkSubscribed(self, mid: int, failures: Sequence[str]) -> None:
+    def link_subscribed(self, mid: int, failures: Sequence[str]) -> None:
         if failures:
             self.log.error("MQTT broker refused subscription(s): {failures}",
                            failures=", ".join(failures))
@@ -564,7 +564,7 @@ class MqttService(Service):
 
     def _forget(self, mid: int) -> None:
         self._pending.pop(mid, None)
-        self._checkDrained()
+        self._check_drained()
 
     def _drain(self) -> Deferred[None]:
         """Fires when no acknowledged publish is outstanding (bounded)."""
@@ -573,23 +573,23 @@ class MqttService(Service):
         d: Deferred[None] = Deferred()
         self._drain_waiters.append(d)
 
-        def timedOut(f: Failure) -> None:
+        def timed_out(f: Failure) -> None:
             f.trap(TimeoutError, CancelledError)
             self.log.warn("MQTT stop: {count} publish(es) still unacked after {timeout} s",
                           count=len(self._pending), timeout=self._core.stop_timeout)
 
         d.addTimeout(self._core.stop_timeout, self._reactor)
-        d.addErrback(timedOut)
+        d.addErrback(timed_out)
         return d
 
-    def _checkDrained(self) -> None:
+    def _check_drained(self) -> None:
         if self._drain_waiters and not any(q for _, q in self._pending.values()):
             waiters, self._drain_waiters = self._drain_waiters, []
             for w in waiters:
                 if not w.called:
                     w.callback(None)
 
-    def _stopMachine(self) -> Deferred[None]:
+    def _stop_machine(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._stop_waiters.append(d)
         self._machine.stop()

@@ -12,14 +12,14 @@ service can see it:
 - C{connect()} opens TCP (or TLS) through a Twisted endpoint, sets
   TCP_NODELAY, writes CONNECT (MQTT 3.1.1, clean session, keepalive,
   credentials, a non-retained last will) and fires; the CONNACK is read in a
-  later reactor turn and reported with C{linkConnected(accepted, reason)}.
-  A refused CONNACK is followed by the connection closing (C{linkLost}).
+  later reactor turn and reported with C{link_connected(accepted, reason)}.
+  A refused CONNACK is followed by the connection closing (C{link_lost}).
 - C{publish()} returns a mid (1..65535, shared with SUBSCRIBE, skipping mids
-  still unacked). QoS 0 is written at once and C{linkPublished(mid)} follows
+  still unacked). QoS 0 is written at once and C{link_published(mid)} follows
   in a later reactor turn (after C{publish} has returned, so the caller can
   register the mid first). QoS 1/2 messages use an in-flight window of 20
   (L{ate.mqtt.link.WINDOW} says why 20); beyond it they
-  wait in a FIFO queue. C{linkPublished(mid)} fires on PUBACK / PUBCOMP.
+  wait in a FIFO queue. C{link_published(mid)} fires on PUBACK / PUBCOMP.
 - A QoS 1/2 message unacked when the connection drops is kept and sent again
   (with DUP when it had been sent) after the next accepted CONNACK, as paho
   does with a clean session; QoS 0 messages are never kept.
@@ -30,8 +30,8 @@ service can see it:
   received for C{keepalive} seconds; the connection is dropped if no PINGRESP
   arrives within another C{keepalive} seconds.
 - C{disconnect()} writes DISCONNECT and closes; C{abort()} drops the
-  connection without DISCONNECT. Both end with C{linkLost}.
-- A malformed or unexpected packet aborts the connection; C{linkLost} names
+  connection without DISCONNECT. Both end with C{link_lost}.
+- A malformed or unexpected packet aborts the connection; C{link_lost} names
   the problem. Nothing raises out of C{dataReceived}; listener exceptions are
   logged with C{log.failure} (like paho's guarded callbacks).
 - Packet size cap (C{options.max_packet_size}, config C{mqtt_max_packet_size},
@@ -47,7 +47,7 @@ service can see it:
   packet above the cap is a protocol error (the connection is dropped).
 
 TLS (C{options.tls}): the settings of L{ate.mqtt.tls}. Unlike paho, the TLS handshake
-completes after C{connect()} has fired, so a handshake failure shows up as C{linkLost}
+completes after C{connect()} has fired, so a handshake failure shows up as C{link_lost}
 before the CONNACK rather than as a failed connect; the service retries either way.
 """
 
@@ -101,21 +101,21 @@ class _Connection(Protocol):
 
     def connectionMade(self) -> None:
         if self.link is not None:
-            self.link._connectionMade(self)
+            self.link._connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
         link = self.link
         if link is not None:
             try:
-                link._dataReceived(self, data)
+                link._data_received(self, data)
             except Exception:  # a bug in the parser: never into the reactor
                 link.log.failure("MQTT link: reading failed; dropping the connection")
-                link._protocolError(self, "internal error while reading")
+                link._protocol_error(self, "internal error while reading")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         link, self.link = self.link, None
         if link is not None:
-            link._connectionLost(self, reason)
+            link._connection_lost(self, reason)
 
 
 class TwistedLink:
@@ -151,7 +151,7 @@ class TwistedLink:
         self._out: dict[int, _Out] = {}  # unacked QoS 1/2, in publish order
         self._queue: deque[_Out] = deque()  # not yet written on this connection
         self._inflight = 0
-        self._q0: list[int] = []  # QoS 0 mids written, linkPublished pending
+        self._q0: list[int] = []  # QoS 0 mids written, link_published pending
         self._q0Call: Any = None
         # connection state
         self._conn: _Connection | None = None
@@ -178,8 +178,8 @@ class TwistedLink:
 
     def stop(self) -> None:
         """Cancel timers and pending QoS 0 notifications (idempotent)."""
-        self._cancelKeepalive()
-        self._dropQ0()
+        self._cancel_keepalive()
+        self._drop_q0()
 
     def connect(self) -> Deferred[None]:
         """Open the connection and write CONNECT; fires once CONNECT is written."""
@@ -193,7 +193,7 @@ class TwistedLink:
             if transport is not None:  # a TCP or TLS transport: both abort
                 cast(ITCPTransport, transport).abortConnection()
         self._connecting = True
-        endpoint = self._endpoint if self._endpoint is not None else self._makeEndpoint()
+        endpoint = self._endpoint if self._endpoint is not None else self._make_endpoint()
         d = connectProtocol(endpoint, _Connection(self))
 
         def done(result: object) -> object:
@@ -224,14 +224,14 @@ class TwistedLink:
         if qos == 0:
             if not self._open:
                 raise MqttLinkError(f"publish to {topic!r}: not connected")
-            mid = self._nextMid()
+            mid = self._next_mid()
             self._write(b"".join((b"\x30", encode_remaining_length(2 + tl + len(payload)),
                                   _pack_H(tl), rawTopic, payload)))
             self._q0.append(mid)
             if self._q0Call is None:
-                self._q0Call = self._reactor.callLater(0, self._flushQ0)
+                self._q0Call = self._reactor.callLater(0, self._flush_q0)
             return mid
-        mid = self._nextMid()
+        mid = self._next_mid()
         m = _Out(mid, qos, b"".join((
             b"\x32" if qos == 1 else b"\x34",
             encode_remaining_length(4 + tl + len(payload)),
@@ -257,7 +257,7 @@ class TwistedLink:
                 raise ValueError(f"subscribe {topic!r}: qos must be 0, 1 or 2, got {qos!r}")
             parts.append(_utf8(f"topic filter {topic!r}", topic))
             parts.append(bytes((qos,)))
-        mid = self._nextMid()
+        mid = self._next_mid()
         body = _pack_H(mid) + b"".join(parts)
         self._write(b"\x82" + encode_remaining_length(len(body)) + body)
         return mid
@@ -268,7 +268,7 @@ class TwistedLink:
         if transport is None or not self._reading:
             return
         self._write(_DISCONNECT)
-        self._stopReading("disconnected")
+        self._stop_reading("disconnected")
         transport.loseConnection()
 
     def abort(self) -> None:
@@ -277,12 +277,12 @@ class TwistedLink:
         if transport is None:
             return
         if self._reading:
-            self._stopReading("connection aborted by the client")
+            self._stop_reading("connection aborted by the client")
         transport.abortConnection()
 
     # -- connection events ----------------------------------------------
 
-    def _makeEndpoint(self) -> IStreamClientEndpoint:
+    def _make_endpoint(self) -> IStreamClientEndpoint:
         o = self._options
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             self._reactor, o.host, o.port, timeout=CONNECT_TIMEOUT)
@@ -290,7 +290,7 @@ class TwistedLink:
             endpoint = wrapClientTLS(tls_connection_creator(o), endpoint)
         return endpoint
 
-    def _connectionMade(self, conn: _Connection) -> None:
+    def _connection_made(self, conn: _Connection) -> None:
         transport: Any = conn.transport
         try:
             transport.setTcpNoDelay(True)
@@ -312,15 +312,15 @@ class TwistedLink:
         self._lastIn = now
         self._write(self._connectPacket)
 
-    def _connectionLost(self, conn: _Connection, reason: Failure) -> None:
+    def _connection_lost(self, conn: _Connection, reason: Failure) -> None:
         if conn is not self._conn:
             return
         text = self._lostReason or f"connection lost: {reason.getErrorMessage()}"
         self._detach(conn)
         try:
-            self.listener.linkLost(text)
+            self.listener.link_lost(text)
         except Exception:
-            self.log.failure("MQTT link listener linkLost failed")
+            self.log.failure("MQTT link listener link_lost failed")
 
     def _detach(self, conn: _Connection) -> None:
         """Forget the connection; keep unacked QoS 1/2 messages for the next one."""
@@ -332,8 +332,8 @@ class TwistedLink:
         self._skip = 0
         self._afterSkip = None
         self._inQos2 = {}
-        self._cancelKeepalive()
-        self._dropQ0()
+        self._cancel_keepalive()
+        self._drop_q0()
         for m in self._out.values():
             if m.sent:
                 m.dup = True
@@ -342,18 +342,18 @@ class TwistedLink:
         self._queue = deque(self._out.values())
         self._inflight = 0
 
-    def _stopReading(self, reason: str) -> None:
+    def _stop_reading(self, reason: str) -> None:
         self._reading = False
         self._open = False
         if self._lostReason is None:
             self._lostReason = reason
-        self._cancelKeepalive()
+        self._cancel_keepalive()
 
-    def _protocolError(self, conn: _Connection, reason: str) -> None:
+    def _protocol_error(self, conn: _Connection, reason: str) -> None:
         if conn is not self._conn:
             return
         self.log.warn("MQTT link: {reason}; dropping the connection", reason=reason)
-        self._stopReading(f"protocol error: {reason}")
+        self._stop_reading(f"protocol error: {reason}")
         self._buf = bytearray()
         transport = self._transport
         if transport is not None:
@@ -379,7 +379,7 @@ class TwistedLink:
         while queue and self._open and self._inflight < self._window:
             self._send(queue.popleft())
 
-    def _nextMid(self) -> int:
+    def _next_mid(self) -> int:
         mid = self._lastMid
         out = self._out
         while True:
@@ -390,17 +390,17 @@ class TwistedLink:
             if mid == self._lastMid:
                 raise MqttLinkError("no free message id: 65535 messages unacked")
 
-    def _flushQ0(self) -> None:
+    def _flush_q0(self) -> None:
         self._q0Call = None
         mids, self._q0 = self._q0, []
         listener = self.listener
         for mid in mids:
             try:
-                listener.linkPublished(mid)
+                listener.link_published(mid)
             except Exception:
-                self.log.failure("MQTT link listener linkPublished failed")
+                self.log.failure("MQTT link listener link_published failed")
 
-    def _dropQ0(self) -> None:
+    def _drop_q0(self) -> None:
         call, self._q0Call = self._q0Call, None
         if call is not None and call.active():
             call.cancel()
@@ -408,13 +408,13 @@ class TwistedLink:
 
     # -- keepalive ------------------------------------------------------
 
-    def _cancelKeepalive(self) -> None:
+    def _cancel_keepalive(self) -> None:
         call, self._kaCall = self._kaCall, None
         if call is not None and call.active():
             call.cancel()
         self._pingSentAt = None
 
-    def _keepaliveDue(self) -> None:
+    def _keepalive_due(self) -> None:
         self._kaCall = None
         if not self._open:
             return
@@ -424,7 +424,7 @@ class TwistedLink:
             due = self._pingSentAt + ka
             if now >= due:
                 self.log.warn("MQTT link: no PINGRESP within {keepalive} s", keepalive=ka)
-                self._stopReading(f"keepalive: no PINGRESP within {ka} s")
+                self._stop_reading(f"keepalive: no PINGRESP within {ka} s")
                 self._transport.abortConnection()
                 return
         else:
@@ -433,11 +433,11 @@ class TwistedLink:
                 self._write(_PINGREQ)
                 self._pingSentAt = now
                 due = now + ka
-        self._kaCall = self._reactor.callLater(due - now, self._keepaliveDue)
+        self._kaCall = self._reactor.callLater(due - now, self._keepalive_due)
 
     # -- reading --------------------------------------------------------
 
-    def _dataReceived(self, conn: _Connection, data: bytes) -> None:
+    def _data_received(self, conn: _Connection, data: bytes) -> None:
         if conn is not self._conn or not self._reading:
             return
         self._lastIn = self._reactor.seconds()
@@ -494,7 +494,7 @@ class TwistedLink:
                             break
                         shift += 7
                         if shift > 21:
-                            self._protocolError(conn, "remaining length longer than 4 bytes")
+                            self._protocol_error(conn, "remaining length longer than 4 bytes")
                             return pos
                     if length < 0:
                         self._need = 5
@@ -504,7 +504,7 @@ class TwistedLink:
                 if stop - start > self._maxPacket:
                     # too large: refused from its header on, its payload never buffered
                     if first & 0xF0 != 0x30 or not self._gotConnack or first & 6 == 6:
-                        self._protocolError(
+                        self._protocol_error(
                             conn, f"packet type {first >> 4} with remaining length "
                             f"{stop - start} (above mqtt_max_packet_size {self._maxPacket})")
                         return pos
@@ -514,7 +514,7 @@ class TwistedLink:
                     te = start + 2 + ((data[start] << 8) | data[start + 1])
                     head = te + 2 if first & 6 else te
                     if head > stop:
-                        self._protocolError(conn, "PUBLISH shorter than its topic and packet id")
+                        self._protocol_error(conn, "PUBLISH shorter than its topic and packet id")
                         return pos
                     if head > end:
                         self._need = head - pos
@@ -537,27 +537,27 @@ class TwistedLink:
                         te += (data[start] << 8) | data[start + 1]
                     p = te + 2 if qos else te
                     if p > stop:
-                        self._protocolError(conn, "PUBLISH shorter than its topic and packet id")
+                        self._protocol_error(conn, "PUBLISH shorter than its topic and packet id")
                         return pos
                     try:
                         topic = str(mv[start + 2:te], "utf-8")
                     except UnicodeDecodeError:
-                        self._protocolError(conn, "PUBLISH topic is not valid UTF-8")
+                        self._protocol_error(conn, "PUBLISH topic is not valid UTF-8")
                         return pos
                     if qos:
                         mid = (data[te] << 8) | data[te + 1]
                     payload = bytes(mv[p:stop])
                     if qos == 0:
                         try:
-                            listener.linkMessage(topic, payload, 0)
+                            listener.link_message(topic, payload, 0)
                         except Exception:
-                            self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                            self.log.failure("MQTT link listener link_message failed for {topic}",
                                              topic=topic)
                     elif qos == 1:
                         try:
-                            listener.linkMessage(topic, payload, 1)
+                            listener.link_message(topic, payload, 1)
                         except Exception:
-                            self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                            self.log.failure("MQTT link listener link_message failed for {topic}",
                                              topic=topic)
                         if self._transport is not None:
                             self._write(_ACK(0x40, 2, mid))
@@ -565,7 +565,7 @@ class TwistedLink:
                         self._inQos2[mid] = (topic, payload)
                         self._write(_ACK(0x50, 2, mid))
                     else:
-                        self._protocolError(conn, "PUBLISH with QoS 3")
+                        self._protocol_error(conn, "PUBLISH with QoS 3")
                         return pos
                 else:
                     self._control(conn, first, data, start, stop)
@@ -604,10 +604,10 @@ class TwistedLink:
         length = stop - start
         if not self._gotConnack:
             if first != 0x20:
-                self._protocolError(conn, f"expected CONNACK, got packet type {first >> 4}")
+                self._protocol_error(conn, f"expected CONNACK, got packet type {first >> 4}")
                 return
             if length != 2:
-                self._protocolError(conn, f"CONNACK with remaining length {length}")
+                self._protocol_error(conn, f"CONNACK with remaining length {length}")
                 return
             self._connack(conn, data[start + 1])
             return
@@ -616,7 +616,7 @@ class TwistedLink:
             return
         if first in (0x40, 0x50, 0x62, 0x70) or first == 0xB0:
             if length != 2:
-                self._protocolError(
+                self._protocol_error(
                     conn, f"packet type {first >> 4} with remaining length {length}")
                 return
             mid = (data[start] << 8) | data[start + 1]
@@ -631,9 +631,9 @@ class TwistedLink:
                 held = self._inQos2.pop(mid, None)
                 if held is not None:
                     try:
-                        self.listener.linkMessage(held[0], held[1], 2)
+                        self.listener.link_message(held[0], held[1], 2)
                     except Exception:
-                        self.log.failure("MQTT link listener linkMessage failed for {topic}",
+                        self.log.failure("MQTT link listener link_message failed for {topic}",
                                          topic=held[0])
                 if self._transport is not None:
                     self._write(_ACK(0x70, 2, mid))
@@ -645,11 +645,11 @@ class TwistedLink:
             failures = ["Unspecified error" for i in range(start + 2, stop)
                         if data[i] not in (0, 1, 2)]
             try:
-                self.listener.linkSubscribed(mid, failures)
+                self.listener.link_subscribed(mid, failures)
             except Exception:
-                self.log.failure("MQTT link listener linkSubscribed failed")
+                self.log.failure("MQTT link listener link_subscribed failed")
             return
-        self._protocolError(
+        self._protocol_error(
             conn, f"unexpected packet type {first >> 4} (flags {first & 15:#x}, length {length})")
 
     def _connack(self, conn: _Connection, rc: int) -> None:
@@ -657,22 +657,22 @@ class TwistedLink:
         listener = self.listener
         if rc != 0:
             reason = _CONNACK_REASONS.get(rc, f"Unknown CONNACK code {rc}")
-            self._stopReading(f"broker refused the connection: {reason}")
+            self._stop_reading(f"broker refused the connection: {reason}")
             try:
-                listener.linkConnected(False, reason)
+                listener.link_connected(False, reason)
             except Exception:
-                self.log.failure("MQTT link listener linkConnected failed")
+                self.log.failure("MQTT link listener link_connected failed")
             if self._transport is not None:
                 self._transport.loseConnection()
             return
         self._open = True
         self._pingSentAt = None
         if self._keepalive > 0:
-            self._kaCall = self._reactor.callLater(self._keepalive, self._keepaliveDue)
+            self._kaCall = self._reactor.callLater(self._keepalive, self._keepalive_due)
         try:
-            listener.linkConnected(True, "Success")
+            listener.link_connected(True, "Success")
         except Exception:
-            self.log.failure("MQTT link listener linkConnected failed")
+            self.log.failure("MQTT link listener link_connected failed")
         self._pump()
 
     def _acked(self, mid: int, qos: int) -> None:
@@ -683,9 +683,9 @@ class TwistedLink:
         self._inflight -= 1
         self._pump()
         try:
-            self.listener.linkPublished(mid)
+            self.listener.link_published(mid)
         except Exception:
-            self.log.failure("MQTT link listener linkPublished failed")
+            self.log.failure("MQTT link listener link_published failed")
 
 
 def create(reactor: Any, options: MqttOptions, client_id: str,

@@ -96,21 +96,21 @@ class _Events:
         self.lost: Deferred = Deferred()
         self.connected: Deferred = Deferred()
 
-    def linkConnected(self, accepted, reason):
+    def link_connected(self, accepted, reason):
         self.calls.append(("connected", accepted))
         self.connected.callback(accepted)
 
-    def linkLost(self, reason):
+    def link_lost(self, reason):
         self.calls.append(("lost", reason))
         self.lost.callback(reason)
 
-    def linkMessage(self, topic, payload, qos):
+    def link_message(self, topic, payload, qos):
         pass
 
-    def linkPublished(self, mid):
+    def link_published(self, mid):
         pass
 
-    def linkSubscribed(self, mid, failures):
+    def link_subscribed(self, mid, failures):
         pass
 
 

@@ -139,7 +139,7 @@ class Cell:
 
     def _to_testing_waiting_for_resource(self) -> None:
         self._to_testing_running()
-        self.part.resourceRequested()
+        self.part.resource_requested()
 
     def _to_unloading(self) -> None:
         self._to_ready()
@@ -188,9 +188,9 @@ CALL = {
     "next": lambda m: m.next(("b",)),  # not the part under test's request
     "unload": lambda m: m.unload(),
     "reset": lambda m: m.reset(),
-    "site-layout": lambda m: m.siteLayout(((0, 0),)),
+    "site-layout": lambda m: m.site_layout(((0, 0),)),
     "usersettings": lambda m: m.usersettings(),
-    "binMap": lambda m: m.binMap(),
+    "binMap": lambda m: m.bin_map(),
 }
 
 
@@ -223,7 +223,7 @@ def test_refusal_texts_name_the_state_and_the_error():
     c = Cell()
     c.to("connecting.reset")
     assert c.m.next(None).message == "next refused: no tester available: master is connecting"
-    assert c.m.binMap().message == "binMap refused: allowed in ready only (state connecting)"
+    assert c.m.bin_map().message == "binMap refused: allowed in ready only (state connecting)"
     c = Cell()
     c.to("testing.running")
     assert c.m.usersettings().message == "usersettings refused: not allowed in testing"
@@ -304,17 +304,17 @@ LEAVE = {
                   ("fault", lambda c: c.m.fault("x"), "softerror"),
                   ("stop", lambda c: c.m.stop(), "stopped")],
     "testing.starting": [("acknowledged", lambda c: c.part.acknowledged(), "testing.running"),
-                         ("partDone", lambda c: c.part.partDone(), "ready"),
-                         ("resource", lambda c: c.part.resourceRequested(),
+                         ("part_done", lambda c: c.part.part_done(), "ready"),
+                         ("resource", lambda c: c.part.resource_requested(),
                           "testing.waiting_for_resource"),
                          ("fault", lambda c: c.m.fault("x"), "softerror"),
                          ("stop", lambda c: c.m.stop(), "stopped")],
-    "testing.running": [("partDone", lambda c: c.part.partDone(), "ready"),
+    "testing.running": [("part_done", lambda c: c.part.part_done(), "ready"),
                         ("fault", lambda c: c.m.fault("x"), "softerror"),
                         ("fatal", lambda c: c.m.fatal("x"), "softerror")],
-    "testing.waiting_for_resource": [("resourceDone", lambda c: c.part.resourceDone(),
+    "testing.waiting_for_resource": [("resource_done", lambda c: c.part.resource_done(),
                                       "testing.running"),
-                                     ("partDone", lambda c: c.part.partDone(), "ready"),
+                                     ("part_done", lambda c: c.part.part_done(), "ready"),
                                      ("stop", lambda c: c.m.stop(), "stopped")],
 }
 NEXT_TIMER = {"connecting.reset": [60.0], "testing.running": [30.0],
@@ -416,9 +416,9 @@ def test_status_snapshot_follows_every_step_and_publishes_external_changes_only(
     c.fx.statuses.clear()
     c.m.next(None)
     c.part.acknowledged()
-    c.part.resourceRequested()
-    c.part.resourceDone()
-    c.part.partDone()
+    c.part.resource_requested()
+    c.part.resource_done()
+    c.part.part_done()
     assert [(s.internal, p) for s, p in c.fx.statuses] == [
         ("testing.starting", True), ("testing.running", False),
         ("testing.waiting_for_resource", False), ("testing.running", False), ("ready", True)]
@@ -444,7 +444,7 @@ def test_a_reconnect_republishes_and_a_loss_keeps_the_state():
 
 def test_first_connect_publishes_and_startup_republishes_nothing():
     c = Cell()
-    c.m.handlerStatus("connecting", "")
+    c.m.handler_status("connecting", "")
     assert c.fx.statuses == []
     c.m.connected()
     assert c.fx.names() == ["first_connect"]
@@ -455,7 +455,7 @@ def test_first_connect_publishes_and_startup_republishes_nothing():
 def test_test_summary_is_taken_while_unloading_only(state):
     c = Cell()
     c.to(state)
-    c.m.testSummary("1", ({"type": "TSR"},))
+    c.m.test_summary("1", ({"type": "TSR"},))
     expected = "take_summary" if state == "unloading" else "stray_summary"
     assert c.fx.calls[0][0] == expected and c.internal == state
 
@@ -464,8 +464,8 @@ def test_test_summary_is_taken_while_unloading_only(state):
 def test_handler_status(state):
     c = Cell()
     c.to(state)
-    c.m.handlerStatus("connecting", "")
-    c.m.handlerStatus("error", "jam")
+    c.m.handler_status("connecting", "")
+    c.m.handler_status("error", "jam")
     republished = [p for _s, p in c.fx.statuses]
     if state == "softerror":
         assert c.fx.names() == ["ignore", "ignore"] and republished == []
@@ -478,7 +478,7 @@ def test_handler_status(state):
 def test_io_requests_are_taken_while_testing_only(state):
     c = Cell()
     c.to(state)
-    c.part.ioRequest("1", "Prober", "move", {})
+    c.part.io_request("1", "Prober", "move", {})
     expected = "take_io_request" if state.startswith("testing.") else "stray_io_request"
     assert c.fx.calls[0][0] == expected and c.internal == state
 
@@ -486,13 +486,13 @@ def test_io_requests_are_taken_while_testing_only(state):
 def test_a_bare_control_error_message_is_completed_in_softerror_only():
     c = Cell()
     c.to("ready")
-    c.m.completeMessage("", "x")
+    c.m.complete_message("", "x")
     assert c.fx.statuses == []
     c.m.fault("site 1: control app reported error")
     c.fx.statuses.clear()
-    c.m.completeMessage("site 1: other", "no")
+    c.m.complete_message("site 1: other", "no")
     assert c.fx.statuses == []
-    c.m.completeMessage("site 1: control app reported error",
+    c.m.complete_message("site 1: control app reported error",
                         "site 1: control app reported error: disk full")
     assert c.fx.statuses == [(Status("softerror", "softerror",
                                      "site 1: control app reported error: disk full"), True)]
@@ -515,8 +515,8 @@ def test_a_fault_while_testing_aborts_the_part_machine():
     c.m.fault("testapp 1 crashed")
     assert c.part.status() == "idle" and c.clock.getDelayedCalls() == []
     # what the part machine hears afterwards changes nothing
-    c.part.resourceDone()
-    c.part.partDone()
+    c.part.resource_done()
+    c.part.part_done()
     assert c.internal == "softerror"
 
 
@@ -527,11 +527,11 @@ class Master:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple]] = []
 
-    def partStep(self, step: str) -> None:
-        self.calls.append(("partStep", (step,)))
+    def part_step(self, step: str) -> None:
+        self.calls.append(("part_step", (step,)))
 
-    def partDone(self) -> None:
-        self.calls.append(("partDone", ()))
+    def part_done(self) -> None:
+        self.calls.append(("part_done", ()))
 
     def fault(self, message: str) -> None:
         self.calls.append(("fault", (message,)))
@@ -552,15 +552,15 @@ def test_part_machine_steps_and_timers():
     part.acknowledged()
     [test] = clock.getDelayedCalls()
     assert not ack.active() and test.getTime() == 30.0
-    part.resourceRequested()
+    part.resource_requested()
     [io] = clock.getDelayedCalls()
     assert not test.active() and io.getTime() == 7.0
-    part.resourceDone()
+    part.resource_done()
     assert part.status() == "running" and not io.active()
-    part.partDone()
+    part.part_done()
     assert part.status() == "idle" and clock.getDelayedCalls() == []
-    assert master.calls == [("partStep", ("running",)), ("partStep", ("waiting_for_resource",)),
-                            ("partStep", ("running",)), ("partDone", ())]
+    assert master.calls == [("part_step", ("running",)), ("part_step", ("waiting_for_resource",)),
+                            ("part_step", ("running",)), ("part_done", ())]
 
 
 def test_part_machine_expiry_tells_the_master():
@@ -570,7 +570,7 @@ def test_part_machine_expiry_tells_the_master():
     assert master.calls == [("fault", ("not all sites respond to next command (missing: 2)",))]
     assert part.status() == "idle"
     part.start()
-    part.resourceRequested()
+    part.resource_requested()
     clock.advance(7)
     assert fx.names() == ["ioctl_timed_out"]
     assert master.calls[-1] == ("fault", ("Failed to control resource Prober. Reason: Timeout.",))
@@ -578,13 +578,13 @@ def test_part_machine_expiry_tells_the_master():
 
 def test_part_machine_ignores_what_does_not_matter():
     part, clock, fx, master = _part()
-    for name in ("acknowledged", "resourceRequested", "resourceDone", "partDone", "expired",
+    for name in ("acknowledged", "resource_requested", "resource_done", "part_done", "expired",
                  "abort"):
         getattr(part, name)()
     assert part.status() == "idle" and master.calls == []
     part.start()
     part.start()
-    part.resourceDone()
+    part.resource_done()
     assert part.status() == "starting" and len(clock.getDelayedCalls()) == 1
 
 

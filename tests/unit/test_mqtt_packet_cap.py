@@ -187,19 +187,19 @@ class _PahoListener:
         self.connected = []
         self.lost = []
 
-    def linkConnected(self, accepted, reason):
+    def link_connected(self, accepted, reason):
         self.connected.append(accepted)
 
-    def linkLost(self, reason):
+    def link_lost(self, reason):
         self.lost.append(reason)
 
-    def linkMessage(self, topic, payload, qos):
+    def link_message(self, topic, payload, qos):
         self.messages.append((topic, payload, qos))
 
-    def linkPublished(self, mid):
+    def link_published(self, mid):
         pass
 
-    def linkSubscribed(self, mid, failures):
+    def link_subscribed(self, mid, failures):
         pass
 
 

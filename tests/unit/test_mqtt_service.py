@@ -75,7 +75,7 @@ class FakeLink:
     # test helpers: one full successful connection
     def succeed(self):
         self.connects[-1].callback(None)
-        self.listener.linkConnected(True, "Success")
+        self.listener.link_connected(True, "Success")
 
 
 class Harness:
@@ -126,7 +126,7 @@ def test_backoff_doubles_to_cap_and_resets_after_connect():
     assert len(h.link.connects) == 9
     h.link.succeed()
     assert h.service.connected and h.service.reconnects == 0
-    h.link.listener.linkLost("Unspecified error")
+    h.link.listener.link_lost("Unspecified error")
     assert "on_disconnected" in h.events and not h.service.connected
     assert h.delays() == [1]  # reset after the successful connect
     h.clock.advance(1)
@@ -152,7 +152,7 @@ def test_broker_loss_is_logged_as_warning_with_reason():
     h.service.startService()
     h.link.succeed()
     with capturedLogs() as logged:
-        h.link.listener.linkLost("Unspecified error")
+        h.link.listener.link_lost("Unspecified error")
     texts = [e["log_format"] for e in logged]
     assert any("connection lost" in t for t in texts)
     lost = [e for e in logged if "connection lost" in e["log_format"]][0]
@@ -187,9 +187,9 @@ def test_refused_connack_and_handshake_timeout_retry():
     h = Harness(handshake_timeout=5.0)
     h.service.startService()
     h.link.connects[-1].callback(None)
-    h.link.listener.linkConnected(False, "Not authorized")
+    h.link.listener.link_connected(False, "Not authorized")
     assert h.events[-1] == "abort" and not h.service.connected
-    h.link.listener.linkLost("closed")  # the socket closes after a refusal: ignored
+    h.link.listener.link_lost("closed")  # the socket closes after a refusal: ignored
     assert h.delays() == [1]
     h.clock.advance(1)
     h.link.connects[-1].callback(None)
@@ -206,7 +206,7 @@ def test_publish_when_disconnected_errbacks():
     assert isinstance(failure_of(d).value, MqttNotConnected)
     h.service.startService()
     h.link.succeed()
-    h.link.listener.linkLost("gone")
+    h.link.listener.link_lost("gone")
     d = h.service.publish("ate/D/Master/status", b"{}")
     assert isinstance(failure_of(d).value, MqttNotConnected)
     assert h.link.published == []
@@ -230,9 +230,9 @@ def test_publish_fires_on_ack_qos0_lost_with_connection():
     results = []
     d2.addCallback(results.append)
     assert results == []
-    h.link.listener.linkPublished(1)
+    h.link.listener.link_published(1)
     assert results == [None]
-    h.link.listener.linkLost("gone")
+    h.link.listener.link_lost("gone")
     assert isinstance(failure_of(d0).value, MqttNotConnected)
 
 
@@ -241,11 +241,11 @@ def test_qos2_in_flight_survives_reconnect():
     h.service.startService()
     h.link.succeed()
     d = h.service.publish("a", b"1", 2)
-    h.link.listener.linkLost("gone")
+    h.link.listener.link_lost("gone")
     assert not d.called
     h.clock.advance(1)
     h.link.succeed()
-    h.link.listener.linkPublished(1)  # paho resent it after the reconnect
+    h.link.listener.link_published(1)  # paho resent it after the reconnect
     assert d.called and d.result is None
 
 
@@ -256,7 +256,7 @@ def test_stop_sends_disconnect_and_waits_for_close():
     d = fired(h.service.stopService())
     assert h.events[-2:] == ["disconnect", "on_disconnected"]
     assert d == []
-    h.link.listener.linkLost("Normal disconnection")
+    h.link.listener.link_lost("Normal disconnection")
     assert d == [None]
     assert h.delays() == []  # no reconnect scheduled
     assert not h.link.running
@@ -271,7 +271,7 @@ def test_stop_times_out_and_aborts():
     assert d == []
     h.clock.advance(0.1)
     assert d == [None] and h.events[-1] == "abort"
-    h.link.listener.linkLost("late")  # ignored in stopped
+    h.link.listener.link_lost("late")  # ignored in stopped
     assert h.delays() == []
 
 
@@ -282,10 +282,10 @@ def test_stop_waits_for_final_publish_ack_first():
     final = h.service.publish("ate/D/Master/status", b"crash", 2)
     d = fired(h.service.stopService())
     assert "disconnect" not in h.events
-    h.link.listener.linkPublished(1)
+    h.link.listener.link_published(1)
     assert final.called and final.result is None
     assert h.events[-2:] == ["disconnect", "on_disconnected"]
-    h.link.listener.linkLost("Normal disconnection")
+    h.link.listener.link_lost("Normal disconnection")
     assert d == [None]
 
 
@@ -296,7 +296,7 @@ def test_stop_while_connect_thread_runs_then_disconnects():
     assert d == []
     h.link.connects[-1].callback(None)  # the worker thread finishes
     assert h.events[-1] == "disconnect"
-    h.link.listener.linkLost("Normal disconnection")
+    h.link.listener.link_lost("Normal disconnection")
     assert d == [None] and h.delays() == []
 
 
@@ -316,7 +316,7 @@ def test_restart_after_stop_builds_a_fresh_link():
     h.service.startService()
     h.link.succeed()
     h.service.stopService()
-    h.link.listener.linkLost("Normal disconnection")
+    h.link.listener.link_lost("Normal disconnection")
     h.service.startService()
     assert h.events.count("connect") == 2
     h.link.succeed()
@@ -331,7 +331,7 @@ def test_on_connected_may_stop_reentrantly():
     h.link.succeed()
     assert h.events[-2:] == ["disconnect", "on_disconnected"]
     assert stops == [[]]
-    h.link.listener.linkLost("Normal disconnection")
+    h.link.listener.link_lost("Normal disconnection")
     assert stops == [[None]]
 
 
@@ -419,7 +419,7 @@ def test_callbacks_from_other_threads_are_marshalled_to_the_reactor():
     seen = []
 
     class Listener:
-        def linkMessage(self, topic, payload, qos):
+        def link_message(self, topic, payload, qos):
             seen.append((topic, threading.current_thread() is threading.main_thread()))
 
     link = ReactorPaho(reactor, make_paho_client(options(), "c", None), Listener())
@@ -504,7 +504,7 @@ def test_socket_reaches_the_reactor_only_after_the_connect_thread_returned():
         client.on_socket_register_write(client, None, a)
         assert reactor.getReaders() == [] and reactor.getWriters() == []
         link._blocking = False
-        link._registerDescriptor()  # what connect()'s completion does
+        link._register_descriptor()  # what connect()'s completion does
         (descriptor,) = reactor.getReaders()
         assert reactor.getWriters() == [descriptor]
         client.on_socket_close(client, None, a)

@@ -19,8 +19,8 @@ class Events:
     def acknowledged(self) -> None:
         self.calls.append("acknowledged")
 
-    def partDone(self) -> None:
-        self.calls.append("partDone")
+    def part_done(self) -> None:
+        self.calls.append("part_done")
 
     def fault(self, message: str) -> None:
         self.calls.append(f"fault: {message}")

@@ -73,19 +73,19 @@ class Listener:
     def __init__(self):
         self.calls: list[tuple] = []
 
-    def linkConnected(self, accepted, reason):
+    def link_connected(self, accepted, reason):
         self.calls.append(("connected", accepted, reason))
 
-    def linkLost(self, reason):
+    def link_lost(self, reason):
         self.calls.append(("lost", reason))
 
-    def linkMessage(self, topic, payload, qos):
+    def link_message(self, topic, payload, qos):
         self.calls.append(("message", topic, payload, qos))
 
-    def linkPublished(self, mid):
+    def link_published(self, mid):
         self.calls.append(("published", mid))
 
-    def linkSubscribed(self, mid, failures):
+    def link_subscribed(self, mid, failures):
         self.calls.append(("subscribed", mid, list(failures)))
 
     def take(self):
@@ -290,7 +290,7 @@ def test_listener_exception_is_logged_and_reading_goes_on(no_logged_errors):
         h.listener.calls.append(("message", topic))
         raise RuntimeError("handler bug")
 
-    h.listener.linkMessage = boom
+    h.listener.link_message = boom
     with capturedLogs() as events:
         h.feed(publish_in("a", b"1", qos=1, mid=1) + publish_in("b", b"2", qos=1, mid=2))
     assert h.listener.take() == [("message", "a"), ("message", "b")]
