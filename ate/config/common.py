@@ -8,7 +8,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, NoReturn, Sequence
 
 #: The operator UI shipped with the package (``ate/web/static``).
@@ -54,7 +54,7 @@ class MqttOptions:
     host: str = "localhost"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # a secret: never in a repr
     tls: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None

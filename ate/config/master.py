@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ate.config.common import (
@@ -59,7 +59,7 @@ class MasterConfig:
     webui_host: str
     webui_port: int
     webui_root_path: str
-    webui_token: str | None
+    webui_token: str | None = field(repr=False)  # a secret: never in a repr
     jobsource: str
     jobformat: str
     filesystemdatasource_path: str

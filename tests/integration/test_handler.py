@@ -400,7 +400,10 @@ def test_tap_options_and_make_service(tmp_path):
     assert opts["handler_config"].broker.port == 1999
     service = makeService(opts, reactor=MemoryReactorClock())
     assert service.driver.serial == opts["serial"]
-    assert service.mqtt is not None
+    # the MQTT service is a child of the handler service, built from the --broker override
+    assert service.mqtt.parent is service
+    assert service.mqtt._options.port == 1999
+    assert service.mqtt._client_id == f"handler.{H}"
     with pytest.raises(usage.UsageError, match="no handler device"):
         Options().parseOptions(["--config", str(cfg)])
     with pytest.raises(usage.UsageError, match="--bytesize: must be 5, 6, 7 or 8"):

@@ -857,3 +857,19 @@ def test_handler_serial_settings_errors(changes: dict, key: str) -> None:
     with pytest.raises(ConfigError) as e:
         handler_config_from_dict(handler_data(**changes), source="h.json")
     assert str(e.value).startswith(f"h.json: {key}: ")
+
+
+def test_secrets_are_not_in_the_config_repr() -> None:
+    """A config logged or shown in a traceback does not carry the token or the password."""
+    import json as _json
+    import pathlib as _pathlib
+
+    from ate.config import master_config_from_dict as _from_dict
+    data = _json.loads((_pathlib.Path(__file__).resolve().parents[2] / "etc" / "master.json")
+                       .read_text())
+    data.update(webui_token="SECRET-TOKEN-1", mqtt_username="u", mqtt_password="SECRET-PW-2")
+    cfg = _from_dict(data)
+    assert (cfg.webui_token, cfg.mqtt.password) == ("SECRET-TOKEN-1", "SECRET-PW-2")
+    for text in (repr(cfg), str(cfg), repr(cfg.mqtt)):
+        assert "SECRET-TOKEN-1" not in text and "SECRET-PW-2" not in text
+    assert "device_id=" in repr(cfg)
