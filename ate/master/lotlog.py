@@ -89,6 +89,12 @@ class LotLog:
         problems = self.datalog.write_parts(results, self.start())
         self.count_problems(problems)
 
+    def write_text(self, text: str) -> None:
+        """A DTR at this point of the part stream (an alarm, a release)."""
+        if self.datalog is None or self.datalog.finalised:
+            return
+        self.count_problems(self.datalog.write_text(text, self.start()))
+
     def add_summary(self, site: str, records: Sequence[dict]) -> None:
         assert self.datalog is not None
         self.count_problems(self.datalog.add_summary(site, records))

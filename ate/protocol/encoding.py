@@ -24,6 +24,7 @@ from ate.protocol.kinds import (
     IoControlResponse,
     Load,
     LogLine,
+    MasterAlarm,
     MasterStatus,
     Message,
     Next,
@@ -138,6 +139,9 @@ class Encoding:
             "type": "status", "interface_version": 1, "state": m.state,
             "payload": {"state": m.state, "message": m.message},
         })
+
+    def _enc_master_alarm(self, m: MasterAlarm) -> tuple[str, bytes]:
+        return self.topics.master_alarm, dumps({"type": "alarm", "payload": dict(m.payload)})
 
     # master -> Control apps
     def _enc_control_load(self, m: ControlLoadTest) -> tuple[str, bytes]:

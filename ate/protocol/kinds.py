@@ -189,6 +189,14 @@ class MasterStatus(Message):
     message: str | None = ""
 
 
+@dataclass(frozen=True, slots=True)
+class MasterAlarm(Message):
+    """``~/Master/alarm`` (ate-master only, protocol §15.2): ``payload`` is the alarm's
+    payload object (id, name, kind, action, site, sbin, message, lot_number, parts, time,
+    state)."""
+    payload: Mapping[str, Any]
+
+
 # -- master -> sites, ~/Control/cmd (2.4) and ~/TestApp/cmd (2.6) -----------
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +390,7 @@ class HandlerResponse(Message):
 Message_ = Union[
     Load, Next, Unload, Reset, Identify, GetState, SiteLayout, GetHost,
     NextResponse, IdentifyResponse, GetStateResponse, GetHostResponse,
-    ErrorResponse, MasterStatus, ControlLoadTest, ControlReset,
+    ErrorResponse, MasterStatus, MasterAlarm, ControlLoadTest, ControlReset,
     ControlSetLogLevel, TestAppNext, TestAppTerminate, TestAppReset,
     TestAppSetLogLevel, TestAppGetExecutionStrategy, TestAppSetHBin,
     TestAppSetParameter, ControlStatus, TestAppStatus, TestResult, TestSummary,

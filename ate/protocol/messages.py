@@ -60,6 +60,7 @@ from ate.protocol.kinds import (
     IoControlResponse,
     Load,
     LogLine,
+    MasterAlarm,
     MasterStatus,
     Message,
     Next,
@@ -92,7 +93,7 @@ __all__ = [
     "SiteLayout", "GetHost",
     # master -> handler
     "NextResponse", "NextResult", "IdentifyResponse", "GetStateResponse",
-    "GetHostResponse", "ErrorResponse", "MasterStatus",
+    "GetHostResponse", "ErrorResponse", "MasterStatus", "MasterAlarm",
     # master -> sites
     "ControlLoadTest", "ControlReset", "ControlSetLogLevel", "TestAppNext",
     "TestAppTerminate", "TestAppReset", "TestAppSetLogLevel",
@@ -194,6 +195,7 @@ class Codec(Decoding, Encoding):
             GetHostResponse: self._enc_get_host_response,
             ErrorResponse: self._enc_error_response,
             MasterStatus: self._enc_master_status,
+            MasterAlarm: self._enc_master_alarm,
             ControlLoadTest: self._enc_control_load,
             ControlReset: self._enc_control_reset,
             ControlSetLogLevel: self._enc_control_loglevel,

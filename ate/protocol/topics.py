@@ -45,6 +45,7 @@ class Topics:
         "handler_id",
         "base",
         "master_status",
+        "master_alarm",
         "master_cmd",
         "master_response",
         "master_job",
@@ -63,6 +64,7 @@ class Topics:
         )
         base = self.base = f"ate/{device_id}"
         self.master_status = f"{base}/Master/status"
+        self.master_alarm = f"{base}/Master/alarm"
         self.master_cmd = f"{base}/Master/cmd"
         self.master_response = f"{base}/Master/response"
         self.master_job = f"{base}/Master/job"

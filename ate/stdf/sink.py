@@ -213,6 +213,23 @@ class Datalog:
         self._write(b"".join(chunks), problems)
         return problems
 
+    def write_text(self, text: str, start_t: float) -> list[str]:
+        """Append a DTR (``TEXT_DAT`` = ``text``, made writable: at most 255 bytes) at this
+        point of the part stream, e.g. an alarm (protocol §15.2); the header first if
+        needed. Returns the problems, like :meth:`write_parts`; never raises."""
+        if self.finalised:
+            return [f"datalog {self.path} is finalised; text not written: {text[:80]!r}"]
+        problems: list[str] = []
+        chunks: list[bytes] = []
+        if not self._header_written:
+            chunks.append(self._header(start_t))
+        try:
+            chunks.append(encode({"type": "DTR", "TEXT_DAT": text}, self._endian, self.fixes))
+        except Exception as err:
+            problems.append(f"DTR not written: {err!r}")
+        self._write(b"".join(chunks), problems)
+        return problems
+
     def _write(self, data: bytes, problems: list[str]) -> None:
         try:
             self._file.write(data)

@@ -556,3 +556,28 @@ def test_succeed_deferred_run_in_thread(tmp_path) -> None:
     assert len(ran) == 2
     log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T)
     assert log._sync_fd is None  # the descriptor for the thread is closed too
+
+
+def test_write_text_puts_a_dtr_at_that_point_of_the_part_stream(tmp_path) -> None:
+    log = new_log(tmp_path)
+    log.write_parts([("0", result("0", 1, "a"))], SETUP_T + 5)
+    assert log.write_text("ALARM cf: site 0 failed 5 parts in a row \u00e9" + "x" * 400,
+                          SETUP_T) == []
+    log.write_parts([("0", result("0", 1, "b"))], SETUP_T + 50)
+    log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T + 60)
+    got = read_file(log.path)
+    order = [n for n, _ in got if n in ("PRR", "DTR")]
+    assert order == ["PRR", "DTR", "PRR"]
+    dtr = next(r for n, r in got if n == "DTR")
+    assert dtr["TEXT_DAT"].startswith("ALARM cf: site 0 failed 5 parts in a row")
+    assert len(dtr["TEXT_DAT"].encode("latin-1", "replace")) <= 255
+    assert log.write_text("late", SETUP_T)[0].startswith(f"datalog {log.path} is finalised")
+
+
+def test_write_text_before_any_part_writes_the_header_first(tmp_path) -> None:
+    log = new_log(tmp_path)
+    assert log.write_text("RELEASE x by op: ok", SETUP_T + 1) == []
+    log.finalise(Lot(make_job(), SITES, "D"), finish_t=SETUP_T + 60)
+    names_ = [n for n, _ in read_file(log.path)]
+    assert names_.count("MIR") == 1 and names_.count("DTR") == 1
+    assert names_.index("MIR") < names_.index("DTR") < names_.index("MRR")
