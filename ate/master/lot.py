@@ -35,6 +35,8 @@ class PartOutcome:
     test_time_ms: int | None
     #: Notes for the master's log, e.g. a generated part id (7.1).
     warnings: tuple[str, ...] = ()
+    #: A retest: the part's previous result (site, soft bin), which no longer counts.
+    previous: tuple[str, int] | None = None
 
 
 class _RunningStats:
@@ -186,7 +188,8 @@ class Lot:
         return PartOutcome(
             site=site, part_id=part_id, soft_bin=soft, hard_bin=hard, passed=passed,
             retest=old is not None, unknown_soft_bin=soft not in self._entries,
-            test_time_ms=test_t, warnings=warnings)
+            test_time_ms=test_t, warnings=warnings,
+            previous=None if old is None else (old[0], old[2]))
 
     @staticmethod
     def _part_id(prr: Mapping[str, Any]) -> str | None:
