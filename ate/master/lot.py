@@ -121,6 +121,8 @@ class Lot:
         self._entry_bytes = entry_bytes
         self._test_time = _RunningStats()
         self._cycle = _RunningStats()
+        #: more for the summary, from the cell's collaborators (alarms, production figures)
+        self.extra: dict[str, Any] = {}
 
     # -- counting -----------------------------------------------------------------------
 
@@ -347,4 +349,4 @@ class Lot:
             "hard_bins": hard_bins,
             "test_time_ms": self._test_time.as_dict(),
             "index_time_s": self._cycle.as_dict(),
-        }
+        } | self.extra

@@ -328,6 +328,18 @@ def summary_text(summary: Mapping[str, Any]) -> str:
                      f"{b['percent']:>7.2f}")
     lines += ["", _stat_line("Test time", summary.get("test_time_ms"), " ms"),
               _stat_line("Index time", summary.get("index_time_s"), " s")]
+    alarms = summary.get("alarms")
+    if alarms or summary.get("ended_held"):
+        lines += ["", "Alarms:"]
+        for a in alarms or ():
+            where = f" site {a['site']}" if a.get("site") is not None else ""
+            lines.append(f"  #{a.get('id')} {a.get('name')} ({a.get('kind')}, "
+                         f"{a.get('action')}){where} at part {a.get('parts')}: "
+                         f"{a.get('message')}")
+            if a.get("state") == "released":
+                lines.append(f"     released by {a.get('released_by')}: {a.get('comment')}")
+        if summary.get("ended_held"):
+            lines.append("  the lot ended held")
     fixes = summary.get("datalog_fixes")
     if fixes:
         lines += ["", "Fields made writable in the datalog:"]
