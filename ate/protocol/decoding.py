@@ -28,6 +28,7 @@ from ate.protocol.kinds import (
     IoControlResponse,
     Load,
     LogLine,
+    MasterAlarm,
     MasterStatus,
     Message,
     Next,
@@ -233,6 +234,11 @@ class Decoding:
             raise ctx.wrong("state", "a string", state)
         message = "" if p is None else ctx.opt_str(p, "message", "payload.message", "")
         return MasterStatus(state, message)
+
+    def _dec_master_alarm(self, topic: str, _site: None, payload: bytes) -> MasterAlarm:
+        """``~/Master/alarm`` (§15.2), for floor subscribers and tests: the payload as is."""
+        obj = _loads(topic, payload)
+        return MasterAlarm(_Ctx(topic).obj(obj, "payload", "payload"))
 
     def _dec_master_response(self, topic: str, _site: None, payload: bytes) -> Message:
         obj = _loads(topic, payload)

@@ -149,6 +149,7 @@ class Codec(Decoding, Encoding):
         fixed: dict[str, tuple[_Decoder, str | None]] = {
             t.master_cmd: (self._dec_master_cmd, None),
             t.master_status: (self._dec_master_status, None),
+            t.master_alarm: (self._dec_master_alarm, None),
             t.master_response: (self._dec_master_response, None),
             t.master_job: (_ignore, None),
             t.master_peripherystate: (_ignore, None),

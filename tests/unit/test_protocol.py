@@ -331,7 +331,7 @@ class TestCodecRouting:
             codec.encode({"type": "status"})
 
     def test_every_message_type_has_an_encoder(self, codec):
-        assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 38
+        assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 39
         for cls in MESSAGE_TYPES:
             assert cls in codec._encoders, cls
 

@@ -34,6 +34,7 @@ from ate.protocol import (
     IoControlResponse,
     Load,
     LogLine,
+    MasterAlarm,
     MasterStatus,
     Message,
     Next,
@@ -125,6 +126,7 @@ MESSAGES: dict[type, st.SearchStrategy[Message]] = {
     ErrorResponse: st.builds(ErrorResponse, text, st.sampled_from(sorted(RESPONSE_TYPES)),
                              text, text),
     MasterStatus: st.builds(MasterStatus, text, st.none() | text),
+    MasterAlarm: st.builds(MasterAlarm, json_object),
     ControlLoadTest: st.builds(
         ControlLoadTest, site_list, nonempty, site_list, text,
         st.dictionaries(text, st.lists(text, max_size=3), max_size=4)),
