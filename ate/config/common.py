@@ -73,6 +73,8 @@ class MqttOptions:
 _MISSING: Any = object()
 _ID_FORBIDDEN = re.compile(r"[/+#\x00-\x1f\x7f]")
 _SITE_ID = re.compile(r"0|[1-9][0-9]{0,2}")
+#: The most sites one cell can have: an STDF head holds 255 (SDR SITE_CNT is U1).
+MAX_SITES = 255
 _ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:.+", re.DOTALL)
 
 
@@ -268,6 +270,9 @@ def _check_sites(r: _Reader, key: str, value: Any) -> tuple[str, ...]:
     items = _check_list(r, key, value)
     if not items:
         r.fail(key, "must list at least one site")
+    if len(items) > MAX_SITES:
+        r.fail(key, f"lists {len(items)} sites, at most {MAX_SITES} are possible "
+                    "(an STDF datalog holds 255 sites per head: SDR SITE_CNT is U1)")
     sites: list[str] = []
     for index, item in enumerate(items):
         site = _check_site_id(r, f"{key}[{index}]", item)

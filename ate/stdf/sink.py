@@ -103,8 +103,11 @@ class Datalog:
 
         An existing name is never overwritten: ``-1``, ``-2``, … is appended. Raises
         OSError if the directory cannot be written (or the file set up, which then is
-        closed and removed), ValueError for a site id that is not a decimal integer 0..255.
+        closed and removed), ValueError for a site id that is not a decimal integer 0..255
+        or for more than 255 sites (the SDR's SITE_CNT is U1).
         """
+        if len(sites) > 255:
+            raise ValueError(f"{len(sites)} sites, an STDF head holds at most 255")
         for site in sites:
             if not str(site).isdigit() or int(site) > 255:
                 raise ValueError(f"site id {site!r} is not a decimal integer 0..255")
