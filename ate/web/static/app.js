@@ -75,19 +75,87 @@ function renderStatus(st) {
   renderErrors();
 }
 
+// -- site grid -------------------------------------------------------------------------------
+// Up to COMPACT_SITES sites: one card per site with its Control and TestApp states.  More
+// (STDF allows 255 per head): a compact grid of small tiles that wraps to the card's
+// width, the state by colour and a one-letter label, the details in the tooltip, and a
+// legend counting the sites per state.
+
+const COMPACT_SITES = 16;
+// tile state -> [label, legend text]; the order of the legend
+const SITE_TILE_STATES = {
+  error: ["E", "error"], crash: ["X", "crash"], testing: ["T", "testing"],
+  loading: ["L", "loading"], ready: ["R", "ready"], idle: ["I", "idle"],
+  resetting: ["S", "resetting"], unknown: ["?", "unknown"],
+};
+
+function siteTileState(st) {
+  const control = st.control || "";
+  const testapp = st.testapp || "";
+  if (control === "crash" || testapp === "crash") return "crash";
+  if (st.error_message || control === "error" || testapp === "error") return "error";
+  if (testapp === "testing") return "testing";
+  if (control === "loading") return "loading";
+  if (control === "resetting") return "resetting";
+  if (control === "busy" && testapp === "idle") return "ready";
+  if (control === "idle" || control === "busy") return "idle";
+  return "unknown";
+}
+
+function siteTooltip(site, st) {
+  const lines = [`Site ${site}`, `Control: ${st.control || "unknown"}`,
+    `TestApp: ${st.testapp || "unknown"}`];
+  if (st.error_message) lines.push(st.error_message);
+  return lines.join("\n");
+}
+
 function buildSites() {
   const box = $("sites");
-  box.replaceChildren();
-  for (const site of model.sites) {
-    box.append(el("div", { class: "site", id: `site-${site}` },
-      el("h3", { text: `Site ${site}` }),
-      el("div", { class: "row" }, "Control", el("span", { class: "badge", "data-role": "control" })),
-      el("div", { class: "row" }, "TestApp", el("span", { class: "badge", "data-role": "testapp" })),
-      el("div", { class: "err", "data-role": "error" })));
+  const compact = model.sites.length > COMPACT_SITES;
+  box.classList.toggle("compact", compact);
+  $("sites-card").classList.toggle("many", compact);
+  $("sites-legend").replaceChildren();
+  if (compact) {
+    box.replaceChildren(...model.sites.map((site) => el("div", {
+      class: "site tile tile-unknown", id: `site-${site}`, "data-site": site,
+      "data-state": "unknown", title: siteTooltip(site, {}) },
+    el("span", { class: "num", text: site }), el("span", { class: "lbl", text: "?" }))));
+    return;
   }
+  box.replaceChildren(...model.sites.map((site) => el("div", { class: "site", id: `site-${site}` },
+    el("h3", { text: `Site ${site}` }),
+    el("div", { class: "row" }, "Control", el("span", { class: "badge", "data-role": "control" })),
+    el("div", { class: "row" }, "TestApp", el("span", { class: "badge", "data-role": "testapp" })),
+    el("div", { class: "err", "data-role": "error" }))));
+}
+
+function renderSiteTiles(states) {
+  const counts = {};
+  for (const site of model.sites) {
+    const tile = $(`site-${site}`);
+    if (!tile) continue;
+    const st = states[site] || {};
+    const state = siteTileState(st);
+    counts[state] = (counts[state] || 0) + 1;
+    const title = siteTooltip(site, st);
+    if (tile.dataset.state !== state) {
+      tile.dataset.state = state;
+      tile.className = `site tile tile-${state}`;
+      tile.lastChild.textContent = SITE_TILE_STATES[state][0];
+    }
+    if (tile.title !== title) tile.title = title;
+  }
+  $("sites-legend").replaceChildren(...Object.entries(SITE_TILE_STATES)
+    .filter(([state]) => counts[state])
+    .map(([state, [label, text]]) => el("span", { class: `legend tile-${state}`, "data-state": state },
+      el("b", { text: label }), ` ${text} ${counts[state]}`)));
 }
 
 function renderSites(states) {
+  if ($("sites").classList.contains("compact")) {
+    renderSiteTiles(states);
+    return;
+  }
   for (const site of model.sites) {
     const card = $(`site-${site}`);
     if (!card) continue;
@@ -99,6 +167,8 @@ function renderSites(states) {
     card.classList.toggle("has-error", Boolean(err) || ["error", "crash"].includes(st.control));
   }
 }
+
+// -- other cards -----------------------------------------------------------------------------
 
 function renderErrors() {
   const list = $("errors");
