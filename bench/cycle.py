@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Handler-cycle benchmark: ate-master against the floor relay, same broker, same sites.
 
-    python bench/cycle.py [--sites 1,4,16,64] [--cycles 2000] [--rss-parts 100000]
+    python bench/cycle.py [--sites 1,4,16,64,128,255] [--cycles 2000] [--rss-parts 100000]
                           [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
                           [--max-inflight N] [--link twisted|paho|twisted-mqtt]
 
@@ -262,11 +262,25 @@ async def main(args) -> None:
         print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
 
 
+def site_counts(text: str) -> list[int]:
+    """``--sites``: comma-separated site counts, each 1..255 (SDR SITE_CNT is U1)."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}") from None
+    bad = [n for n in counts if not 1 <= n <= 255]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"site counts must be 1..255 (STDF holds 255 sites per head), got {bad}")
+    return counts
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sites", default="1,4,16,64",
-                   type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--sites", default="1,4,16,64,128,255", type=site_counts,
+                   help="site counts, 1..255 each (STDF holds 255 sites per head)")
     p.add_argument("--cycles", type=int, default=2000,
                    help="measured cycles at 1 and 4 sites (fewer at more sites)")
     p.add_argument("--rss-parts", default="10000,100000",
