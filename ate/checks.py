@@ -212,9 +212,6 @@ def check_sim(cfg: Any) -> Report:
     add(("timing", f"test {cfg.test_time:g} s per part, load {cfg.load_time:g} s, "
                    f"execution strategy after {cfg.strategy_delay:g} s"))
     add(("bins", ", ".join(f"{b.sbin}/{b.hbin} x{b.weight:g}" for b in cfg.bins)))
-    faults = {name: value for name, value in vars(cfg.faults).items()
-              if value not in (None, 0.0) and name != "fault_site"}
-    add(("faults", (", ".join(f"{k}={v}" for k, v in faults.items())
-                    + f" on site {cfg.faults.fault_site}") if faults else "none"))
+    add(("faults", cfg.faults.describe()))
     report.warnings[:0] = list(cfg.warnings)
     return report

@@ -49,6 +49,7 @@ from ate.config import (
     master_config_from_dict,
     sim_config_from_dict,
 )
+from ate.config.sim import FAULT_KINDS, FaultSpecError, parse_fault_spec
 from ate.handler.drivers.simulated import SimulatedHandler
 from ate.handler.tap import QuietHandlerService
 
@@ -98,7 +99,8 @@ def _fault_value(name: str, text: str) -> Any:
 
 class Options(usage.Options):
     synopsis = ("[--sites N] [--test-time S] [--parts-per-lot N] [--web-port P] [--lots N] "
-                "[--stdf-dir DIR] [--keep-lots N] [--fault K=V] [--verbose]")
+                "[--stdf-dir DIR] [--keep-lots N] [--fault K=V] [--fault KIND:K=V,...] "
+                "[--verbose]")
     longdesc = ("Run a whole test cell in one process: a private mosquitto broker, the "
                 "master with its web UI, simulated sites and a simulated handler running "
                 "lots.  Open the address it prints in a browser.  Datalogs go to a "
@@ -127,6 +129,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["faults"] = {}
+        self["fault_specs"] = []
 
     def opt_port(self, value: str) -> None:
         """Old name of --web-port."""
@@ -138,15 +141,28 @@ class Options(usage.Options):
     def opt_fault(self, value: str) -> None:
         """Inject a fault in the simulated sites, NAME=VALUE (repeatable or comma
         separated): crash_on_part, drop_result_on_part, wrong_site_on_part,
-        duplicate_result_on_part (part numbers), slow_load (seconds), fault_site."""
+        duplicate_result_on_part (part numbers), slow_load (seconds), fault_site; or a
+        per-part fault from the site's part K+1 on (lifetime count), repeatable:
+        drift:site=S,after=K,yield=PERCENT or bin_storm:site=S,after=K,sbin=N."""
+        head = value.split("=", 1)[0]
+        if ":" in head:
+            try:
+                parse_fault_spec(value)
+            except FaultSpecError as e:
+                raise usage.UsageError(str(e)) from None
+            self["fault_specs"].append(value)
+            return
         for item in filter(None, (p.strip() for p in value.split(","))):
             name, sep, text = item.partition("=")
             name = name.strip().replace("-", "_")
             if not sep or name not in FAULT_KEYS:
                 raise usage.UsageError(
                     f"--fault {item!r}: expected NAME=VALUE with NAME one of "
-                    f"{', '.join(FAULT_KEYS)}")
+                    f"{', '.join(FAULT_KEYS)}, or KIND:NAME=VALUE,... with KIND one of "
+                    f"{', '.join(FAULT_KINDS)}")
             self["faults"][name] = _fault_value(name, text.strip())
+
+    opt_fault.__doc__ = " ".join((opt_fault.__doc__ or "").split())  # one line for --help
 
     def postOptions(self) -> None:
         if self["web-port"] > 65535:
@@ -191,7 +207,7 @@ def sim_config(options: Any, broker_port: int) -> SimConfig:
         "device_id": DEVICE_ID, "sites": _site_ids(options),
         "test_time": options["test-time"], "seed": 1, "ptr_count": 5,
         "faults": dict(options["faults"]),
-    }, source="ate-demo --fault")
+    }, source="ate-demo --fault", fault_specs=options.get("fault_specs") or ())
 
 
 def handler_config(options: Any, broker_port: int) -> HandlerConfig:

@@ -37,8 +37,8 @@ Only facts that are not an encoding are shared: the log levels
 (:mod:`ate.config`).
 
 :class:`SimSitesService` wires the core to MQTT (``ate.mqtt.MqttService``).  The wire
-reading and writing is in :mod:`ate.sim.wire`, the ground truth in :mod:`ate.sim.truth`;
-both are re-exported here.
+reading and writing is in :mod:`ate.sim.wire`, the ground truth in :mod:`ate.sim.truth`
+(both re-exported here), which fault hits which part in :mod:`ate.sim.faults`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from twisted.logger import Logger
 
 from ate.config import SIM_DEFAULTS, SimFaults
 from ate.protocol import LOG_LEVEL_NAMES, LOG_LEVELS
+from ate.sim.faults import FaultPlan, is_pass_bin
 from ate.sim.truth import GroundTruth, PartRecord
 from ate.sim.wire import (
     CONTROL_STATES,
@@ -302,7 +303,7 @@ class SimSite:
     def _tested(self, number: int, part_id: str) -> None:
         self._testapp_call = None
         owner = self.owner
-        fault = owner._fault_for(self.site, number)
+        fault = owner.plan.event_for(self.site, number)
         if fault == "crash":
             owner.truth.crashes += 1
             owner.truth.faults.append(("crash", self.site, number))
@@ -337,10 +338,11 @@ class SimSite:
         """One part's records: PIR, ``ptr_count`` PTRs, PRR (protocol 2.8)."""
         owner = self.owner
         rng = self.rng
-        spec = rng.choices(owner.bins, weights=owner.weights)[0]
-        sbin = int(spec.sbin)
-        hbin = self.hbin_map.get(sbin, int(spec.hbin))
-        passed = 1 <= sbin <= 9
+        sbin, hbin, fault = owner.plan.outcome(self.site, number, rng)
+        if fault is not None:
+            owner.truth.faults.append((fault, self.site, number))
+        hbin = self.hbin_map.get(sbin, hbin)
+        passed = is_pass_bin(sbin)
         site_num = int(self.site) if self.site.isdigit() else self.index
         failing_test = -1 if passed or owner.ptr_count == 0 else rng.randrange(owner.ptr_count)
         records: list[dict] = [{"type": "PIR", "REC_LEN": None, "REC_TYP": 5, "REC_SUB": 10,
@@ -480,15 +482,11 @@ class SimSites:
             raise ValueError("simulated sites: bin weights must be >= 0 with a positive sum")
         self.seed = seed
         self.faults = faults if faults is not None else SimFaults()
-        fs = self.faults.fault_site
-        self.fault_site = str(fs) if fs is not None else self.sites[0]
-        if self.fault_site not in self.sites:
-            raise ValueError(f"simulated sites: fault_site {self.fault_site!r} is not one of "
-                             f"the sites {list(self.sites)}")
+        self.plan = FaultPlan(self.faults, self.sites, self.bins, self.weights)
+        self.fault_site = self.plan.fault_site
         self.publish_logs = publish_logs
         self.truth = GroundTruth()
         self.site = {s: SimSite(self, s, i) for i, s in enumerate(self.sites)}
-        self._fired: set[str] = set()
 
     @classmethod
     def from_config(cls, cfg: Any, clock: IReactorTime,
@@ -510,19 +508,6 @@ class SimSites:
         """The site after ``site`` in configured order (cyclic)."""
         i = self.sites.index(site)
         return self.sites[(i + 1) % len(self.sites)]
-
-    def _fault_for(self, site: str, number: int) -> str | None:
-        if site != self.fault_site:
-            return None
-        f = self.faults
-        for name, attr in (("crash", "crash_on_part"), ("drop", "drop_result_on_part"),
-                           ("wrong_site", "wrong_site_on_part"),
-                           ("duplicate", "duplicate_result_on_part")):
-            k = getattr(f, attr, None)
-            if k and k == number and name not in self._fired:
-                self._fired.add(name)
-                return name
-        return None
 
     def _bin_map(self, bin_table: Any) -> tuple[dict[int, int], str | None]:
         """Soft -> hard bin map from a loadTest ``bin_table`` (protocol 5.4).

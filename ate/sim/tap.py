@@ -1,7 +1,13 @@
 """twistd plugin module of the simulated sites: ``twistd -n ate-sim-sites --config FILE``.
 
 Options override the config file: ``--broker host:port``, ``--device-id D``,
-``--sites 0,1,2,3``.  The sites may be started before or after the master: every Control
+``--sites 0,1,2,3``, ``--fault KIND:NAME=VALUE,...`` (repeatable; the ``--fault``s of a kind
+replace the file's ``faults.KIND``): ``--fault drift:site=2,after=300,yield=50`` (from the
+site's part 301 on, counted over its lifetime, its parts pass with 50 % probability),
+``--fault bin_storm:site=1,after=200,sbin=12`` (from part 201 on, every part of site 1 gets
+soft bin 12); see :mod:`ate.config.sim`.  A bad ``--fault`` is a usage error naming it.
+
+The sites may be started before or after the master: every Control
 app publishes its state on connect and again on every ``Master/status``.  A config error
 stops it before anything starts, with one line naming the file and the key (exit status
 2); ``--check`` prints what it would run with and exits 0, or 2 with errors.
@@ -17,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ate.config import ConfigError, load_sim_config
+from ate.config.sim import FaultSpecError, parse_fault_spec
 from ate.sim.sites import SimSitesService
 
 log = Logger(namespace="ate.sim.tap")
@@ -48,7 +55,7 @@ class Options(usage.Options):
     """Command line of ``twistd ate-sim-sites``."""
 
     synopsis = ("--config FILE [--broker HOST:PORT] [--device-id D] [--sites 0,1,...] "
-                "[--logs] [--per-site-clients]")
+                "[--fault KIND:NAME=VALUE,...]... [--logs] [--per-site-clients]")
     optParameters = [
         ["config", "c", None, "Simulated sites config file (JSON, or TOML by suffix)"],
         ["broker", "b", None, "MQTT broker HOST:PORT (overrides the config)"],
@@ -62,6 +69,22 @@ class Options(usage.Options):
          "One MQTT client per Control app and per TestApp, with their real last wills"],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["fault_specs"] = []
+
+    def opt_fault(self, value: str) -> None:
+        """Inject a per-part fault, repeatable: drift:site=S,after=K,yield=PERCENT or
+        bin_storm:site=S,after=K,sbin=N (site: default faults.fault_site; after: default 0);
+        they replace the config's faults of their kind."""
+        try:
+            parse_fault_spec(value)
+        except FaultSpecError as e:
+            raise usage.UsageError(str(e)) from None
+        self["fault_specs"].append(value)
+
+    opt_fault.__doc__ = " ".join((opt_fault.__doc__ or "").split())  # one line for --help
+
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
@@ -71,7 +94,9 @@ class Options(usage.Options):
         try:
             self["sim_config"] = load_sim_config(
                 self["config"], device_id=self["device-id"], sites=self["sites"],
-                broker_host=host, broker_port=port)
+                broker_host=host, broker_port=port, fault_specs=self["fault_specs"])
+        except FaultSpecError as e:
+            raise usage.UsageError(str(e)) from None
         except ConfigError as e:
             _fail(str(e))
         if self["check"]:
