@@ -24,6 +24,7 @@ from twisted.logger import Logger
 import ate
 from ate.config import MasterConfig
 from ate.jobs.model import Job, JobError
+from ate.master.alarming import LotAlarms
 from ate.master.collaborators import (
     CommandRefused,
     JobSource,
@@ -32,16 +33,17 @@ from ate.master.collaborators import (
     Metrics,
     Publisher,
 )
-from ate.master.logs import LogBuffer, excerpt
+from ate.master.logs import LogBuffer, excerpt, split_log_line
 from ate.master.lot import Lot
 from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
 from ate.master.part import PartCore, PartMachine
-from ate.master.partplan import Part, next_results, plan_part
+from ate.master.partplan import Part, next_results, plan_part, strategy_problem
+from ate.master.production import Production
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
 from ate.master.settings import UserSettings
 from ate.master.sites import SiteTracker
-from ate.protocol import LOG_LEVELS
+from ate.master.uicommands import UiCommands
 from ate.protocol import messages as m
 
 __all__ = ["Cell", "CommandRefused", "JobSource", "LevelSink", "LotDatalog", "Metrics",
@@ -49,7 +51,7 @@ __all__ = ["Cell", "CommandRefused", "JobSource", "LevelSink", "LotDatalog", "Me
 
 
 
-class Cell:
+class Cell(UiCommands):
     log = Logger(namespace="ate.master.cell")
 
     def __init__(
@@ -64,6 +66,7 @@ class Cell:
         log_file: LevelSink | None = None,
         run_in_thread: Callable[..., Deferred] | None = None,
         wallclock: Callable[[], float] = time.time,
+        baseline: Callable[[str, int], Any] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -95,6 +98,11 @@ class Cell:
         self._listeners: list[Callable[[str, Any], None]] = []
         self.records = LotLog(config, self.sites, clock, log=self.log, metrics=self.metrics,
                               emit=self._emit, wallclock=wallclock, run_in_thread=run_in_thread)
+        self.alarms = LotAlarms(getattr(config, "alarms", ()), self.sites, records=self.records,
+                                publish=self._publish, emit=self._emit,
+                                status_changed=self._hold_changed, wallclock=wallclock,
+                                baseline=baseline)
+        self.production = Production(clock)
         self._last_publish: Deferred = succeed(None)
         self._connected = False
         self._pending_io: Any = None
@@ -105,6 +113,7 @@ class Cell:
         self.machine = MasterMachine(MasterCore(
             self, self.part_machine, clock, config.timeouts, config.enable_timeouts))
         part_core.master = self.machine
+        self._production_state()  # E10: non-scheduled until the first initialized
 
     # ================================================================================
     # Public API: MQTT lifecycle, commands, site messages, web.
@@ -120,11 +129,13 @@ class Cell:
     def mqtt_connected(self) -> None:
         self._connected = True
         self.machine.connected()
+        self._production_state()
 
     def mqtt_disconnected(self) -> None:
         self._connected = False
         self.metrics.mqtt_disconnects += 1
         self.machine.disconnected()
+        self._production_state()
 
     def command(self, msg: Any, origin: str = "handler") -> Any:
         """Run one handler-type command.  Returns the response message to send (or None);
@@ -195,11 +206,8 @@ class Cell:
         """A Control app's log line (``name|date|LEVEL|message``): its ERROR lines are the
         reason of an error the app reports without one.  When the line comes after the
         ``error`` status, the softerror message is completed and re-published."""
-        fields = line.split("|", 3) if isinstance(line, str) else ()
-        if len(fields) != 4:
-            return
-        level, message = fields[2].strip().upper(), fields[3].strip()[:500]
-        late = self.tracker.control_log(site, level, message)
+        parsed = split_log_line(line)
+        late = None if parsed is None else self.tracker.control_log(site, *parsed)
         if late is not None:
             bare = f"site {site}: control app reported error"
             self.machine.complete_message(bare, f"{bare}: {late}")
@@ -243,6 +251,7 @@ class Cell:
             # the part was flushed when the master went to softerror: a result that still
             # comes for it is written at once (protocol §3.6); it answers nothing
             self.records.write_results([(site, records)])
+            self.alarms.judge((outcome,))
             self.tracker.result(site)
             return
         if outcome.unknown_soft_bin:
@@ -290,26 +299,10 @@ class Cell:
                            site=site)
             return
         self._strategies[site] = strategy
-        if len(self._strategies) < len(self.sites):
-            return
-        values = list(self._strategies.values())
-        first = values[0]
-        if any(v != first for v in values[1:]):
-            detail = "; ".join(f"site {s}: {v!r}" for s, v in self._strategies.items())
-            self.machine.fault(f"execution strategy mismatch: sites disagree ({detail})")
-            return
-        covered: set[str] = set()
-        try:
-            for stage in first[0]:
-                covered.update(str(x) for x in stage)
-        except (TypeError, IndexError):
-            self.machine.fault(f"execution strategy mismatch: malformed strategy {first!r}")
-            return
-        if covered != set(self.sites):
-            self.machine.fault(
-                "execution strategy mismatch: test 0 covers sites "
-                f"{sorted(covered)}, configured {list(self.sites)}"
-            )
+        if len(self._strategies) == len(self.sites):
+            problem = strategy_problem(self._strategies, self.sites)
+            if problem is not None:
+                self.machine.fault(problem)
 
     def stray_summary(self, site: str) -> None:
         self.log.warn("test summary from site {site} outside unloading ignored", site=site)
@@ -352,48 +345,6 @@ class Cell:
         if state in ("error", "crash"):
             self.log.warn("handler reports {state}: {message}", state=state, message=message)
 
-    # -- web UI commands ----------------------------------------------------------------
-
-    def update_settings(self, items: Any) -> None:
-        """UI/API ``usersettings``; raises ``CommandRefused`` (the machine's refusal in
-        this state) or ``SettingsError`` (a bad setting)."""
-        refusal = self.machine.usersettings()
-        if refusal is not None:
-            raise CommandRefused(refusal)
-        self.settings.update(items)
-        self._emit("usersettings", self.usersettings())
-
-    def set_loglevel(self, level: Any) -> None:
-        if isinstance(level, bool) or level not in LOG_LEVELS:
-            raise ValueError(f"setloglevel refused: level {level!r} is not one of 10, 20, 30, 40")
-        self.loglevel = level
-        if self.logs is not None:
-            self.logs.set_level(level)
-        if self.log_file is not None:
-            self.log_file.set_level(level)
-        self._send_loglevel()
-        self._emit("usersettings", self.usersettings())
-
-    def bin_map(self, sbin: Any, hbin: Any) -> None:
-        """UI ``bin_map``; raises ``CommandRefused`` outside ready, ValueError for bad bins."""
-        refusal = self.machine.bin_map()
-        if refusal is not None:
-            raise CommandRefused(refusal)
-        if self.lot is None:
-            raise ValueError("binMap refused: no lot is loaded")
-        for name, v in (("sBin", sbin), ("hBin", hbin)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
-                raise ValueError(f"binMap refused: {name} {v!r} is not an integer 0..65535")
-        try:
-            self.lot.set_hbin(sbin, hbin)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"binMap refused: {e}") from None
-        self._publish(m.TestAppSetHBin(sites=self.sites, sbin=str(sbin), hbin=str(hbin)))
-        self._emit("bintable", self.lot.bintable())
-
-    def usersettings(self) -> dict:
-        return {"testoptions": self.settings.testoptions(), "loglevel": self.loglevel}
-
     # -- queries ------------------------------------------------------------------------
 
     @property
@@ -408,7 +359,27 @@ class Cell:
 
     @property
     def error_message_text(self) -> str:
-        return self._status.message
+        return self._message(self._status)
+
+    def _message(self, status: Status) -> str:
+        """The status ``error_message``: the machine's, or ``held: …`` while held (§15.2)."""
+        if not status.message and status.state == "ready":
+            return self.alarms.held_text()
+        return status.message
+
+    def _hold_changed(self) -> None:
+        """A hold started or ended: a ready master publishes its status again."""
+        if self._status.state == "ready":
+            self.status_changed(self._status, True)
+        self._production_state()
+
+    def _production_state(self) -> None:
+        self.production.state(self._status.state, lot=self.lot is not None,
+                              held=self.alarms.held() is not None, connected=self._connected)
+
+    def release_alarm(self, alarm_id: Any, operator: Any, comment: Any) -> dict:
+        """Release an alarm (HTTP API, operator UI); raises AlarmError naming the problem."""
+        return self.alarms.release(alarm_id, operator, comment)
 
     def missing(self) -> list[str]:
         """Sites that have not reached the goal of the current phase yet."""
@@ -422,7 +393,7 @@ class Cell:
             "environment": self.config.environment,
             "state": self._status.state,
             "internal_state": self._status.internal,
-            "error_message": self._status.message,
+            "error_message": self._message(self._status),
             "sites": list(self.sites),
             "site_states": self.tracker.states(),
             "lot_number": self.lot_number,
@@ -443,8 +414,9 @@ class Cell:
 
     def status_changed(self, status: Status, publish: bool) -> None:
         self._status = status
+        self._production_state()
         if publish:
-            self._publish(m.MasterStatus(state=status.state, message=status.message))
+            self._publish(m.MasterStatus(state=status.state, message=self._message(status)))
             self._emit("status", self.status())
 
     def first_connect(self) -> None:
@@ -460,7 +432,7 @@ class Cell:
         self.log.warn("broker connection lost in {state}; state kept", state=where)
 
     def reset_sites(self) -> None:
-        self.records.finalise(self.lot, f"aborted: {self._abort_reason or 'reset'}")
+        self._finalise(f"aborted: {self._abort_reason or 'reset'}")
         self._strategies = None
         self._abort_reason = ""
         self._clear_part()
@@ -492,6 +464,8 @@ class Cell:
         self.lot_number = job.lot_number
         self.lot = Lot(job, self.sites, self.config.device_id)
         self.records.new_lot()
+        self.alarms.start_lot(job)
+        self.production.new_lot(job.lot_number)
         self._strategies = None
         self._abort_reason = ""
         self.settings.reset_to_defaults()
@@ -520,6 +494,9 @@ class Cell:
         self.tracker.begin_ready()
 
     def prepare_next(self, sites: Any) -> tuple[Refusal | None, Any]:
+        held = self.alarms.next_refusal_text()
+        if held is not None:
+            return Refusal("next", "error", held), None
         missing = self.peripherals.unavailable()
         if missing:
             return Refusal("next", "error",
@@ -530,6 +507,7 @@ class Cell:
         self.part = plan
         self._first_part = self.records.first_part()
         self.tracker.begin_testing(plan.tested)
+        self.production.next_command(len(self.sites), len(plan.tested))
         self.peripherals.start_part(plan.tested)
         job_data: dict[str, Any] = self.settings.job_data()  # plus the list sites_info
         job_data["sites_info"] = plan.sites_info
@@ -543,8 +521,11 @@ class Cell:
     def complete_part(self) -> None:
         part = self.part
         assert part is not None
+        self.production.last_result()
         self.records.write_part(part)
+        self.alarms.judge(part.outcomes.values())  # after the part's PRRs (its DTRs follow)
         self._publish(m.NextResponse(sites=next_results(part)))
+        self.production.next_response()
         cycle = self.clock.seconds() - part.started
         self.metrics.cycles += 1
         if self.lot is not None:
@@ -568,7 +549,7 @@ class Cell:
         if missing and self.records.open:
             self.log.warn("datalog finalised without the test summary of site(s) {sites} "
                           "(their TSRs are missing from the footer)", sites=", ".join(missing))
-        self.records.finalise(self.lot, "")
+        self._finalise("")
         self.tracker.begin_initialized()
 
     def set_layout(self, layout: Any) -> None:
@@ -625,7 +606,7 @@ class Cell:
     def shutdown(self) -> None:
         self._flush_part_results()
         reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
-        self.records.finalise(self.lot, f"aborted: {reason}")
+        self._finalise(f"aborted: {reason}")
         if self._connected:
             self._last_publish = self._publish(
                 m.MasterStatus(state="crash", message="master stopped"))
@@ -686,6 +667,14 @@ class Cell:
         self.part_machine.resource_requested()
 
     # -- datalog ------------------------------------------------------------------------
+
+    def _finalise(self, reason: str) -> None:
+        if self.lot is not None and self.records.open:
+            self.production.end_lot()
+            self.lot.extra["production"] = self.production.summary()
+            if self.alarms.monitor is not None:
+                self.lot.extra.update(self.alarms.end_lot())  # the summary lists the alarms
+        self.records.finalise(self.lot, reason)
 
     def _flush_part_results(self) -> None:
         if self.part is not None:

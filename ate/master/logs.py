@@ -543,3 +543,12 @@ class LogFileWriter:
                 f.close()
             except OSError:
                 self.errors += 1
+
+
+def split_log_line(line: Any) -> tuple[str, str] | None:
+    """``(LEVEL, message)`` of a site's log line ``name|date|LEVEL|message`` (the message
+    cut to 500 characters), or None when it is not one."""
+    fields = line.split("|", 3) if isinstance(line, str) else ()
+    if len(fields) != 4:
+        return None
+    return fields[2].strip().upper(), fields[3].strip()[:500]

@@ -78,3 +78,24 @@ def _site_info_dict(si: Any) -> dict:
     for key, value in getattr(si, "extra", ()) or ():
         out[key] = value
     return out
+
+
+def strategy_problem(strategies: dict[str, Any], sites: Sequence[str]) -> str | None:
+    """What is wrong with the TestApps' execution strategies once every site answered
+    (protocol §3.8, §6.4): they disagree, are malformed, or test 0 does not cover exactly
+    the configured sites; None when they are fine."""
+    values = list(strategies.values())
+    first = values[0]
+    if any(v != first for v in values[1:]):
+        detail = "; ".join(f"site {s}: {v!r}" for s, v in strategies.items())
+        return f"execution strategy mismatch: sites disagree ({detail})"
+    covered: set[str] = set()
+    try:
+        for stage in first[0]:
+            covered.update(str(x) for x in stage)
+    except (TypeError, IndexError):
+        return f"execution strategy mismatch: malformed strategy {first!r}"
+    if covered != set(sites):
+        return ("execution strategy mismatch: test 0 covers sites "
+                f"{sorted(covered)}, configured {list(sites)}")
+    return None

@@ -257,7 +257,7 @@ def _summary(path: str, mir: dict[str, Any], sites: list[str], tally: Tally,
                        "percent": n / total * 100.0 if total else 0.0}
                       for hb, n in sorted(hard.items())],
         "test_time_ms": test_time,
-        "index_time_s": {"count": 0, "min": None, "mean": None, "max": None},
+        "cycle_time_s": {"count": 0, "min": None, "mean": None, "max": None},
         "datalog": os.path.basename(path),
         "finish_t": stamp,
         "end_reason": RECOVERED,

@@ -327,7 +327,10 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         lines.append(f"  {b['hbin']:>6} {b['name'][:20]:<20} {b['total']:>8} "
                      f"{b['percent']:>7.2f}")
     lines += ["", _stat_line("Test time", summary.get("test_time_ms"), " ms"),
-              _stat_line("Index time", summary.get("index_time_s"), " s")]
+              _stat_line("Cycle time", summary.get("cycle_time_s"), " s")]
+    if summary.get("production"):
+        from ate.master.production import production_lines
+        lines += ["", *production_lines(summary["production"])]
     alarms = summary.get("alarms")
     if alarms or summary.get("ended_held"):
         lines += ["", "Alarms:"]

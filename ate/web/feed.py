@@ -490,6 +490,8 @@ class Feed:
             self.broadcast("bintable", list(data) if data is not None else [])
         elif kind == "usersettings":
             self.broadcast("usersettings", data)
+        elif kind == "alarm":
+            self.broadcast("alarm", data)  # ours (§15.2); the MSCT UI ignores the type
         elif kind == "lot":
             # a new lot: clear the UI's results (empty lists are allowed, §11.4)
             lot = self.cell.lot
