@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ate.master.alarming import AlarmError
 from ate.master.cell import CommandRefused
 from ate.master.machine import refusal_type
 from ate.protocol import messages as m
@@ -305,6 +306,32 @@ class Api:
         _object_body(request)
         return self._command(request, "reset", m.Reset())
 
+    # -- alarms and production figures (protocol §15) ------------------------------------
+
+    @app.route("/alarms", methods=["GET"])
+    def alarms(self, request: Any) -> bytes:
+        cell = self.cell
+        held = cell.alarms.held()
+        return _send(request, {"lot_number": cell.lot_number, "alarms": cell.alarms.alarms(),
+                               "held": held.id if held is not None else None})
+
+    @app.route("/alarms/<alarm_id>/release", methods=["POST"])
+    def release_alarm(self, request: Any, alarm_id: str) -> bytes:
+        if not alarm_id.isdigit() or len(alarm_id) > 9:
+            raise ApiError(404, "not-found", f"alarm {alarm_id!r}: ids are positive integers")
+        body = _object_body(request)
+        try:
+            released = self.cell.release_alarm(int(alarm_id), body.get("operator"),
+                                               body.get("comment"))
+        except AlarmError as e:
+            code = {400: "bad-request", 404: "not-found", 409: "conflict"}.get(e.status, "error")
+            raise ApiError(e.status, code, str(e)) from None
+        return _send(request, released)
+
+    @app.route("/production", methods=["GET"])
+    def production(self, request: Any) -> bytes:
+        return _send(request, self.cell.production.figures())
+
 
 def _job_dict(job: Any) -> dict | None:
     if job is None:
@@ -435,6 +462,12 @@ class PrometheusMetrics:
                                             group=row.get("type")), sc.get("count", 0)))
         metric("ate_bin_parts", "gauge", "Final parts per soft bin and site.", bin_samples)
 
+        metric("ate_alarms_total", "counter", "Alarms raised, by rule kind and action (§15.2).",
+               [(_labels(kind=k, action=a), n)
+                for (k, a), n in sorted(cell.alarms.counts.items())])
+        metric("ate_lot_held", "gauge", "1 while a hold alarm holds the lot.",
+               [("", cell.alarms.held() is not None)])
+
         lines.append("# HELP ate_cycle_seconds Handler cycle time, from next to the response.")
         lines.append("# TYPE ate_cycle_seconds histogram")
         for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
@@ -442,7 +475,7 @@ class PrometheusMetrics:
         lines.append(f'ate_cycle_seconds_bucket{{le="+Inf"}} {self.cycle_count}')
         lines.append(f"ate_cycle_seconds_sum {_number(self.cycle_sum)}")
         lines.append(f"ate_cycle_seconds_count {self.cycle_count}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + cell.production.metrics_text()
 
 
 class MetricsResource(Resource):

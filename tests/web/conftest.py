@@ -121,6 +121,22 @@ def result_records(site: str, part: int, sbin: int = 1, result: float = 0.42) ->
     ]
 
 
+class FakeAlarms:
+    """What ate.web reads of the cell's LotAlarms (ate/master/alarming.py)."""
+
+    def __init__(self) -> None:
+        from collections import Counter
+        self.counts: Counter = Counter()
+        self.rows: list[dict] = []
+        self.held_alarm: Any = None
+
+    def held(self) -> Any:
+        return self.held_alarm
+
+    def alarms(self) -> list[dict]:
+        return list(self.rows)
+
+
 class FakeCell:
     """The cell API used by ate.web (see docs/internals.md and ate/master/cell.py)."""
 
@@ -146,6 +162,12 @@ class FakeCell:
         self.next_bins: dict[str, int] = {}
         self.next_result: float = 0.42
         self.hold_loading = False
+        from twisted.internet.task import Clock
+
+        from ate.master.production import Production
+        self.alarms = FakeAlarms()
+        self.production = Production(Clock())
+        self.released: list[tuple[Any, Any, Any]] = []
 
     # -- events --------------------------------------------------------------------------
 
@@ -300,6 +322,15 @@ class FakeCell:
         if self.logs is not None:
             self.logs.set_level(level)
         self.emit("usersettings", self.usersettings())
+
+    def release_alarm(self, alarm_id: Any, operator: Any, comment: Any) -> dict:
+        from ate.master.alarming import AlarmError
+        row = next((r for r in self.alarms.rows if r["id"] == alarm_id), None)
+        if row is None:
+            raise AlarmError(404, f"alarm {alarm_id}: no such alarm")
+        self.released.append((alarm_id, operator, comment))
+        row.update(state="released", released_by=operator, comment=comment)
+        return dict(row)
 
     def bin_map(self, sbin: Any, hbin: Any) -> None:
         if self.state != "ready" or self.lot is None:

@@ -291,9 +291,15 @@ def test_metrics(client, cell):
         if line.startswith("# TYPE "):
             families.add(line.split()[2])
         elif not line.startswith("#"):
-            assert re.fullmatch(r'[a-z_]+(\{[^}]*\})? [-+0-9.eInfa]+', line), line
+            assert re.fullmatch(r'[a-z_][a-z0-9_]*(\{[^}]*\})? [-+0-9.eInfa]+', line), line
     assert {"ate_softerrors_total", "ate_mqtt_disconnects_total",
-            "ate_commands_refused_total", "ate_cycle_seconds"} <= families
+            "ate_commands_refused_total", "ate_cycle_seconds", "ate_alarms_total",
+            "ate_lot_held", "ate_uph", "ate_index_seconds", "ate_test_seconds",
+            "ate_site_slots_offered_total", "ate_site_slots_tested_total",
+            "ate_e10_seconds_total"} <= families
+    assert "ate_lot_held 0\n" in text
+    # each family once: the production lines add no name the cell's lines already have
+    assert len([ln for ln in text.splitlines() if ln.startswith("# TYPE ")]) == len(families)
 
 
 # -- static UI -----------------------------------------------------------------------------
