@@ -25,6 +25,8 @@ KINDS = {
     "handler.toml": "handler", "handler-tcp.toml": "handler",
     "sim-sites.toml": "sim",
     "ate-master.service": "systemd", "mosquitto-ate.conf": "mosquitto",
+    # promtool and tests/integration/test_prometheus_rules.py
+    "prometheus": "prometheus", "grafana": "grafana",
 }
 LOADERS = {"master": load_master_config, "handler": load_handler_config,
            "sim": load_sim_config}
