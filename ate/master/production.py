@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,9 @@ HISTOGRAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 
 HOUR = 3600
 SHORT = 300
+DAY = 24 * HOUR
+#: at most this many E10 state changes are kept for the timeline
+TIMELINE_MAX = 10000
 
 
 class _Ring:
@@ -226,6 +230,9 @@ class Production:
         self._lot_started: float | None = None
         self._lot_ended: float | None = None
         self._e10_state = "non_scheduled"
+        #: (clock seconds, E10 state) at every change of the E10 state, the last day's
+        self._timeline: deque[tuple[float, str]] = deque([(now, "non_scheduled")],
+                                                         maxlen=TIMELINE_MAX)
         self._since = now
         self._initialized_once = False
         self._connected_once = False
@@ -255,7 +262,10 @@ class Production:
         if connected:
             self._connected_once = True
         self._state, self._lot_flag, self._held, self._connected = state, lot, held, connected
-        self._e10_state = self._classify()
+        e10 = self._classify()
+        if e10 != self._e10_state:
+            self._timeline.append((self.clock.seconds(), e10))
+        self._e10_state = e10
         if not self._indexing():
             self._response_at = None
 
@@ -350,7 +360,20 @@ class Production:
         now = self.clock.seconds()
         self._accrue(now)
         return {"since_start": self._start.block(now), "lot": self._lot_block(now),
-                "e10_state": self._e10_state}
+                "e10_state": self._e10_state, "e10_timeline": self.timeline(now)}
+
+    def timeline(self, now: float | None = None) -> list[list[Any]]:
+        """The E10 state changes of the last 24 h as ``[start, state]`` pairs, oldest
+        first; the first pair starts at most 24 h ago (the state then in force)."""
+        now = self.clock.seconds() if now is None else now
+        since = now - DAY
+        out: list[list[Any]] = []
+        for t, state in self._timeline:
+            if t <= since:
+                out = [[since, state]]
+            else:
+                out.append([t, state])
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The lot block (as in :meth:`figures`) for the lot summary; ``{}`` before the

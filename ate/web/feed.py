@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["Feed", "FeedProtocol", "strict_json", "sanitize", "encode_results",
            "DEFAULT_MAX_BUFFER", "MAX_RESULTS_BYTES", "MAX_UI_MESSAGE"]
 
+#: the status tick (1 s) sends the production figures (protocol §15.4, ours) every Nth time
+PRODUCTION_EVERY = 2
 DEFAULT_MAX_BUFFER = 4 * 1024 * 1024
 #: The most bytes of results one ``testresults`` message carries: the newest results
 #: that fit (protocol §11.3 allows up to 1000; with large results that is many MB).
@@ -266,6 +268,7 @@ class Feed:
         self.status_interval = status_interval
         self.clients: list[FeedProtocol] = []
         self.dropped = 0
+        self._ticks = 0  # status ticks: every PRODUCTION_EVERY-th also sends the figures
         self._results_dirty = False
         self._status_dirty = False
         # coalesce: what happens within ``flush_delay`` goes to each client as one write,
@@ -501,6 +504,9 @@ class Feed:
     def _status_tick(self) -> None:
         self._status_dirty = False
         self.broadcast("status", self.status_payload())
+        self._ticks += 1
+        if self._ticks % PRODUCTION_EVERY == 0 and self.clients:
+            self.broadcast("production", self.cell.production.figures())
 
     def _tick(self) -> None:
         if self._results_dirty:

@@ -396,3 +396,26 @@ def test_metrics_before_anything_happened() -> None:
     assert len(types) == 6
     assert samples[("ate_index_seconds_bucket", (("le", "+Inf"),))] == 0
     assert samples[("ate_uph", (("window", "1h"),))] == 0
+
+
+def test_e10_timeline_lists_the_changes_of_the_last_day() -> None:
+    from twisted.internet.task import Clock
+
+    from ate.master.production import DAY, Production
+    clock = Clock()
+    clock.advance(1000)
+    p = Production(clock)
+    clock.advance(10)
+    p.state("connecting", lot=False, held=False, connected=True)   # still non_scheduled
+    p.state("initialized", lot=False, held=False, connected=True)
+    clock.advance(5)
+    p.state("ready", lot=True, held=False, connected=True)
+    p.state("testing", lot=True, held=False, connected=True)       # productive again
+    clock.advance(5)
+    p.state("ready", lot=True, held=True, connected=True)
+    assert p.timeline() == [[1000, "non_scheduled"], [1010, "standby"],
+                            [1015, "productive"], [1020, "unscheduled_down"]]
+    assert p.figures()["e10_timeline"] == p.timeline()
+    clock.advance(DAY - 7)  # now 1013 + DAY: the first two changes are older than a day
+    assert p.timeline() == [[1013, "standby"], [1015, "productive"],
+                            [1020, "unscheduled_down"]]
