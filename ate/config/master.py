@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from ate.alarms.rules import AlarmRule, AlarmRuleError, parse_alarms
 from ate.config.common import (
     _MISSING,
     DEFAULT_WEBUI_ROOT,
@@ -76,6 +77,10 @@ class MasterConfig:
     timeouts: Timeouts
     peripherals: tuple[str, ...]
     mqtt: MqttOptions
+    #: Alarm rules (protocol.md 15.1), in the order given.
+    alarms: tuple[AlarmRule, ...] = ()
+    #: The lot history database (15.3); None: ``<stdf_directory>/history.sqlite``.
+    history_database: str | None = None
     warnings: tuple[str, ...] = ()
 
 
@@ -202,6 +207,11 @@ def _master_config(
     if len(set(peripherals)) != len(peripherals):
         r.fail("peripherals", "lists a peripheral type twice")
 
+    try:
+        alarms = parse_alarms(r.raw("alarms", []))
+    except AlarmRuleError as e:
+        r.fail(e.key, e.problem)
+
     config = MasterConfig(
         path=r.source,
         device_id=dev,
@@ -229,6 +239,8 @@ def _master_config(
         timeouts=_read_timeouts(r, "timeouts", Timeouts()),
         peripherals=peripherals,
         mqtt=mqtt,
+        alarms=alarms,
+        history_database=r.string("history_database", None),
     )
     r.warn_unknown()
     return _with_warnings(config, r)
