@@ -78,6 +78,7 @@ class LotAlarms:
         self.lot_number = ""
         self._good: Callable[[int], bool] = is_good_bin
         self._ended_held = False
+        self._next_id = 1  # alarm ids are unique while the master runs
 
     # -- the lot ------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class LotAlarms:
             depth = max(r.history for r in self.rules if r.kind.startswith("statistical_"))
             baseline = self.baseline(getattr(job, "part_typ", "") or "", depth)
         self.monitor = AlarmMonitor(self.rules, self.sites, job.lot_number, baseline,
-                                    self.wallclock)
+                                    self.wallclock, first_id=self._next_id)
         for note in self.monitor.inactive():
             self.log.info("{note}", note=note)
 
@@ -122,6 +123,8 @@ class LotAlarms:
         held = monitor.held() if monitor is not None else None
         alarms = [a.to_payload() | {"released_by": a.released_by, "comment": a.comment}
                   for a in (monitor.alarms() if monitor is not None else ())]
+        if monitor is not None:
+            self._next_id = monitor.next_id
         self.monitor = None
         if held is not None:
             self.log.info("lot {lot} ended held by alarm {name}", lot=self.lot_number,

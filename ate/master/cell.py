@@ -39,8 +39,8 @@ from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
 from ate.master.part import PartCore, PartMachine
 from ate.master.partplan import Part, next_results, plan_part, strategy_problem
-from ate.master.production import Production
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
+from ate.master.production import Production
 from ate.master.settings import UserSettings
 from ate.master.sites import SiteTracker
 from ate.master.uicommands import UiCommands
@@ -98,7 +98,7 @@ class Cell(UiCommands):
         self._listeners: list[Callable[[str, Any], None]] = []
         self.records = LotLog(config, self.sites, clock, log=self.log, metrics=self.metrics,
                               emit=self._emit, wallclock=wallclock, run_in_thread=run_in_thread)
-        self.alarms = LotAlarms(getattr(config, "alarms", ()), self.sites, records=self.records,
+        self.alarms = LotAlarms(config.alarms, self.sites, records=self.records,
                                 publish=self._publish, emit=self._emit,
                                 status_changed=self._hold_changed, wallclock=wallclock,
                                 baseline=baseline)
