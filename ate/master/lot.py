@@ -3,7 +3,8 @@
 The master's state machine decides *when* a result is counted; this module decides *what*
 is counted (protocol 7.1–7.3). Every result is folded in in constant time: a retest
 removes the part's previous contribution and adds the new one. Per part only a compact
-tuple is kept (site, head, soft bin, hard bin, part flag, retest count).
+value is kept (site, head, soft bin, hard bin, part flag, retest count), in a
+:class:`~ate.master.partindex.PartIndex`: the newest parts in memory, the rest on disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ate.master.partindex import PartIndex
 from ate.stdf.records import writable_int
 from ate.stdf.summary import BinRow, Tally, footer_records, is_abort_bin, is_good_bin, mir_record
 
@@ -87,11 +89,13 @@ class Lot:
     tester's id (D). ``keep_last`` bounds the results kept for the web UI, and so do
     ``keep_bytes`` (their total payload size) and ``entry_bytes`` (a larger result is kept
     as its first and last record only, PIR and PRR, which is what the UI shows of it).
+    ``part_index`` holds the parts seen (default: a :class:`PartIndex`, which keeps memory
+    flat over any number of parts); :meth:`close` frees it once no result can come.
     """
 
     def __init__(self, job: Any, sites: Sequence[str], device_id: str,
                  keep_last: int = 1000, keep_bytes: int = 16 << 20,
-                 entry_bytes: int = 256 << 10) -> None:
+                 entry_bytes: int = 256 << 10, part_index: PartIndex | None = None) -> None:
         if isinstance(sites, str) or not sites:
             raise ValueError("Lot needs a non-empty list of site ids")
         if keep_last < 0:
@@ -110,8 +114,10 @@ class Lot:
             for g in self._groups
         }
         self._hbin_override: dict[int, int] = {}
-        # part id -> (site, head, soft bin, hard bin, part flag, retest count)
-        self._parts: dict[str, tuple[str, int, int, int, int, int]] = {}
+        # part id -> (site index, head, soft bin, hard bin, part flag, retest count)
+        self._parts = PartIndex() if part_index is None else part_index
+        self._site_index = {s: i for i, s in enumerate(self.sites)}
+        self._closed = False
         self._tally = Tally()
         self._last: deque[list[dict]] = deque()
         self._last_sizes: deque[int] = deque()
@@ -131,6 +137,12 @@ class Lot:
         """Number of distinct parts (a retested part counts once)."""
         return len(self._parts)
 
+    def close(self) -> None:
+        """Free the part index (its memory and temporary file) once the lot takes no more
+        results; counts, yields and summaries stay readable, add_result raises."""
+        self._closed = True
+        self._parts.close()
+
     @property
     def tally(self) -> Tally:
         """The final-part counts (read only; used for the STDF footer)."""
@@ -144,6 +156,9 @@ class Lot:
         HEAD_NUM, PART_FLG and TEST_T are taken as the datalog writes them (clamped to
         their STDF range, Infinity to its end; NaN or a non-number as missing).
         """
+        if self._closed:
+            raise RuntimeError(f"lot {self.job.lot_number} is closed (unloaded); "
+                               f"a result of site {site} cannot be counted")
         site = str(site)
         if site not in self._site_set:
             raise ValueError(f"site {site!r} is not configured")
@@ -174,9 +189,9 @@ class Lot:
         old = self._parts.get(part_id)
         retests = 0
         if old is not None:
-            self._tally.add(old[0], old[2], old[3], old[5], -1)
+            self._tally.add(self.sites[old[0]], old[2], old[3], old[5], -1)
             retests = old[5] + 1
-        self._parts[part_id] = (site, head, soft, hard, flag or 0, retests)
+        self._parts.put(part_id, (self._site_index[site], head, soft, hard, flag or 0, retests))
         self._tally.add(site, soft, hard, retests, 1)
         if self._keep_last:
             self._remember(records, size)
@@ -191,7 +206,7 @@ class Lot:
             site=site, part_id=part_id, soft_bin=soft, hard_bin=hard, passed=passed,
             retest=old is not None, unknown_soft_bin=soft not in self._entries,
             test_time_ms=test_t, warnings=warnings,
-            previous=None if old is None else (old[0], old[2]))
+            previous=None if old is None else (self.sites[old[0]], old[2]))
 
     @staticmethod
     def _part_id(prr: Mapping[str, Any]) -> str | None:

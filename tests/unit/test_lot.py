@@ -322,8 +322,9 @@ def test_random_lot_with_retests_matches_ground_truth() -> None:
     s = lot.summary()
     assert s["total"]["parts"] == len(final)
     assert sum(b["total"] for b in s["bins"]) == len(final)
-    # Compact per-part state: one small tuple per distinct part.
-    assert all(isinstance(v, tuple) and len(v) == 6 for v in lot._parts.values())
+    # Compact per-part state: one packed int per distinct part (ate.master.partindex).
+    assert len(lot._parts) == len(final)
+    assert all(type(v) is int for v in lot._parts._recent.values())
 
 
 
