@@ -203,6 +203,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
     from ate.jobs.source import job_source_from_config
     from ate.master.cell import Cell
     from ate.master.logs import LogBuffer, LogFileWriter
+    from ate.master.lothistory import LotHistory
     from ate.master.router import Router
     from ate.master.settings import UserSettings
     from ate.mqtt.service import MqttService
@@ -230,6 +231,8 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
     if os.path.isdir(cfg.stdf_directory):  # created at the first load otherwise
         for line in recover_directory(cfg.stdf_directory):
             log.warn("datalog recovery: {line}", line=line)
+    # after the recovery, so that repaired files (and their new summaries) are imported
+    history = LotHistory.open(cfg)
 
     pool = reactor.getThreadPool()
 
@@ -268,6 +271,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
         logs=logs,
         log_file=writer,
         run_in_thread=run_in_thread,
+        history=history,
     )
     router = Router(cell)
     mqtt.setName("mqtt")

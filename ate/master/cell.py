@@ -35,6 +35,7 @@ from ate.master.collaborators import (
 )
 from ate.master.logs import LogBuffer, excerpt, split_log_line
 from ate.master.lot import Lot
+from ate.master.lothistory import LotHistory
 from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
 from ate.master.part import PartCore, PartMachine
@@ -66,7 +67,7 @@ class Cell(UiCommands):
         log_file: LevelSink | None = None,
         run_in_thread: Callable[..., Deferred] | None = None,
         wallclock: Callable[[], float] = time.time,
-        baseline: Callable[[str, int], Any] | None = None,
+        history: LotHistory | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -101,8 +102,11 @@ class Cell(UiCommands):
         self.alarms = LotAlarms(config.alarms, self.sites, records=self.records,
                                 publish=self._publish, emit=self._emit,
                                 status_changed=self._hold_changed, wallclock=wallclock,
-                                baseline=baseline)
+                                baseline=history.baseline if history is not None else None)
         self.production = Production(clock)
+        self.history = history  # the lot history (the API's /lots), None without one
+        if history is not None:
+            self.subscribe(history.cell_event)  # records every finalised lot
         self._last_publish: Deferred = succeed(None)
         self._connected = False
         self._pending_io: Any = None
@@ -407,6 +411,8 @@ class Cell(UiCommands):
         """Shut down: finalise the datalog, publish the last status.  The Deferred fires
         when the broker acknowledged it (or at once when not connected)."""
         self.machine.stop()
+        if self.history is not None:
+            self.history.close()
         return self._last_publish
 
     # ================================================================================
@@ -671,7 +677,9 @@ class Cell(UiCommands):
     def _finalise(self, reason: str) -> None:
         if self.lot is not None and self.records.open:
             self.production.end_lot()
-            self.lot.extra["production"] = self.production.summary()
+            self.lot.extra.update(production=self.production.summary(),
+                                  start_t=int(self.records.start()),
+                                  program=self.job.testapp_script_path if self.job else "")
             if self.alarms.monitor is not None:
                 self.lot.extra.update(self.alarms.end_lot())  # the summary lists the alarms
         self.records.finalise(self.lot, reason)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -327,6 +328,80 @@ class Api:
             code = {400: "bad-request", 404: "not-found", 409: "conflict"}.get(e.status, "error")
             raise ApiError(e.status, code, str(e)) from None
         return _send(request, released)
+
+    # -- lot history (protocol §15.3) ------------------------------------------------------
+
+    def _history(self) -> Any:
+        history = getattr(self.cell, "history", None)
+        if history is None or history.db is None:
+            why = f": {history.problem}" if history is not None and history.problem else ""
+            raise ApiError(503, "no-history", f"the lot history is not available{why}")
+        return history.db
+
+    @app.route("/lots", methods=["GET"])
+    def lots(self, request: Any) -> bytes:
+        db = self._history()
+        args = {k.decode("utf-8", "replace"): v[-1].decode("utf-8", "replace")
+                for k, v in (request.args or {}).items()}
+        unknown = sorted(set(args) - {"part_type", "limit", "before"})
+        if unknown:
+            raise ApiError(400, "bad-request", f"unknown query parameter(s) {unknown}; "
+                           "known: part_type, limit, before")
+        kw: dict[str, Any] = {}
+        for name in ("limit", "before"):
+            if name in args:
+                if not args[name].isdigit() or len(args[name]) > 9:
+                    raise ApiError(400, "bad-request",
+                                   f"{name} must be a positive integer, got {args[name]!r}")
+                kw[name] = int(args[name])
+        if "part_type" in args:
+            kw["part_type"] = args["part_type"]
+        try:
+            rows = db.lots(**kw)
+        except ValueError as e:
+            raise ApiError(400, "bad-request", str(e)) from None
+        more = len(rows) == kw.get("limit", 50) and rows
+        return _send(request, {"lots": rows, "next": rows[-1]["id"] if more else None})
+
+    def _lot_id(self, lot_id: str) -> int:
+        if not lot_id.isdigit() or len(lot_id) > 12:
+            raise ApiError(404, "not-found", f"lot {lot_id!r}: ids are positive integers")
+        return int(lot_id)
+
+    @app.route("/lots/<lot_id>", methods=["GET"])
+    def lot_summary(self, request: Any, lot_id: str) -> bytes:
+        row = self._history().lot(self._lot_id(lot_id))
+        if row is None:
+            raise ApiError(404, "not-found", f"lot {lot_id}: not in the lot history")
+        return _send(request, row)
+
+    @app.route("/lots/<lot_id>/stdf", methods=["GET"])
+    def lot_stdf(self, request: Any, lot_id: str) -> Any:
+        path = self._history().datalog_path(self._lot_id(lot_id))
+        if path is None:
+            raise ApiError(404, "not-found", f"lot {lot_id}: not in the lot history")
+        if not os.path.isfile(path):
+            raise ApiError(404, "not-found", f"lot {lot_id}: datalog {os.path.basename(path)} "
+                           "is no longer on disk")
+        try:
+            fileobj = open(path, "rb")
+            size = os.fstat(fileobj.fileno()).st_size
+        except OSError as e:
+            raise ApiError(404, "not-found", f"lot {lot_id}: datalog cannot be read: "
+                           f"{e.strerror}") from None
+        name = os.path.basename(path).replace('"', "")
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(size).encode("ascii"))
+        request.setHeader(b"content-disposition",
+                          f'attachment; filename="{name}"'.encode("utf-8", "replace"))
+        # streamed in chunks by a pull producer: a large datalog never sits in memory
+        d = FileSender().beginFileTransfer(fileobj, request)
+
+        def done(result: Any) -> bytes:
+            fileobj.close()
+            return b""
+
+        return d.addBoth(done)
 
     @app.route("/production", methods=["GET"])
     def production(self, request: Any) -> bytes:

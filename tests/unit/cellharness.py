@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from ate.config import master_config_from_dict
 from ate.jobs.source import job_source_from_config
 from ate.master.cell import Cell
+from ate.master.lothistory import LotHistory
 from ate.master.router import Router
 from ate.master.settings import UserSettings
 
@@ -82,17 +83,20 @@ def result_payload(site: str, part_id: str, soft_bin: int = 1, hard_bin: int = 1
 class Harness:
     """One cell, its router, a Clock and a recording publisher."""
 
-    def __init__(self, tmp_path, sites=("0", "1", "2", "3"), **extra) -> None:
+    def __init__(self, tmp_path, sites=("0", "1", "2", "3"), *, history: bool = False,
+                 **extra) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
         self.pub = RecordingPublisher()
         self.config = make_config(tmp_path, sites, **extra)
         self.sites = tuple(self.config.sites)
+        self.history = LotHistory.open(self.config) if history else None
         self.cell = Cell(
             self.config, self.clock, self.pub,
             job_source=job_source_from_config(self.config),
             settings=UserSettings(None),
             wallclock=lambda: 1_795_544_990.0,
+            history=self.history,
         )
         self.router = Router(self.cell)
         self.events: list[tuple[str, Any]] = []
