@@ -220,12 +220,11 @@ class PartIndex:
         part in the dict from then on, which stays exact, and says so in ``problem``.
         """
         recent = self._recent
-        moved = sorted(islice(recent, self._batch))  # key order: B-tree locality
+        moved = sorted(islice(recent.items(), self._batch))  # key order: B-tree locality
         try:
             conn = self._conn if self._conn is not None else self._open()
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, [(pid, recent[pid] & _LOW63, recent[pid] >> 63)
-                                       for pid in moved])
+            conn.executemany(_INSERT, [(pid, v & _LOW63, v >> 63) for pid, v in moved])
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
             # rows of this batch the file may hold stay shadowed by the dict (a part in
@@ -235,14 +234,17 @@ class PartIndex:
                             "part of the lot in memory from now on")
             return
         bits, mask = self._bits, self._mask
-        for pid in moved:
-            del recent[pid]
-            if bits is not None:
+        if bits is None:
+            for pid, _ in moved:
+                del recent[pid]
+        else:
+            for pid, _ in moved:
+                del recent[pid]
                 h = hash(pid)
                 i = h & mask
-                j = (h >> 32) & mask
                 bits[i >> 3] |= 1 << (i & 7)
-                bits[j >> 3] |= 1 << (j & 7)
+                i = h >> 32 & mask
+                bits[i >> 3] |= 1 << (i & 7)
         self._spilled += len(moved)
 
     def _open(self) -> sqlite3.Connection:
