@@ -1,13 +1,19 @@
 // ate-master operator UI: one page, no build step.
 // It speaks the MSCT web UI feed at /ws of the host that served it (protocol.md section 11)
-// and reconnects with a growing delay when the master restarts.
+// and reconnects with a growing delay when the master restarts.  The alarms, the production
+// charts and the lot history (protocol §15) live in alarms.js, charts.js and lots.js.
+
+import { $, el, fmtNumber, token } from "./dom.js";
+import * as alarms from "./alarms.js";
+import * as charts from "./charts.js";
+import * as lots from "./lots.js";
 
 const LEVELS = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40 };
 const MAX_LOGS = 500;
 const MAX_PARTS = 50;
 const MAX_ERRORS = 50;
-
-const $ = (id) => document.getElementById(id);
+// GET /api/v1/production this often while no production frame arrives (ms)
+const PRODUCTION_POLL = 2000;
 
 const model = {
   status: null,
@@ -16,36 +22,13 @@ const model = {
   parts: [],      // newest first
   partCount: 0,
   warnings: [],   // WARNING/ERROR log entries, newest first
+  lot: null,      // the lot number the charts show
+  state: null,
 };
-
-// -- token (only needed when the master listens on a non-loopback address) -----------------
-
-function token() {
-  const fromUrl = new URLSearchParams(location.search).get("token");
-  if (fromUrl) sessionStorage.setItem("ate-token", fromUrl);
-  return sessionStorage.getItem("ate-token");
-}
-
-// -- DOM helpers -----------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
 
 function setBadge(node, state, prefix) {
   node.textContent = state || "–";
   node.className = `badge ${prefix}${state || "unknown"}`;
-}
-
-function fmtNumber(v, digits = 1) {
-  return typeof v === "number" ? v.toFixed(digits) : String(v);
 }
 
 // -- rendering -------------------------------------------------------------------------------
@@ -64,15 +47,27 @@ function renderStatus(st) {
   if (JSON.stringify(st.sites) !== JSON.stringify(model.sites)) {
     model.sites = Array.isArray(st.sites) ? st.sites.slice() : [];
     buildSites();
+    charts.setSites(model.sites);
   }
   renderSites(st.site_states || {});
   const s = st.state;
   $("btn-load").disabled = s !== "initialized";
-  $("btn-next").disabled = s !== "ready";
+  const held = (st.error_message || "").startsWith("held:");
+  $("btn-next").disabled = s !== "ready" || held;
+  $("btn-next").title = held ? "the lot is held by an alarm: release it first" : "";
   $("btn-unload").disabled = s !== "ready";
   $("btn-reset").disabled = !["connecting", "initialized", "softerror", "error"].includes(s);
   $("btn-settings").disabled = !["initialized", "ready"].includes(s);
   renderErrors();
+  // a new lot clears the charts: its loading state, or (when the feed coalesced that
+  // away) a new lot number
+  const lot = st.lot_number || "";
+  if ((s === "loading" && model.state !== "loading") || (lot && model.lot !== null && lot !== model.lot)) {
+    charts.newLot();
+  }
+  if (lot) model.lot = lot;
+  model.state = s;
+  alarms.onStatus(st);
 }
 
 // -- site grid -------------------------------------------------------------------------------
@@ -295,17 +290,21 @@ const handlers = {
       model.sites = p.sites.slice();
       buildSites();
     }
+    charts.setSites(model.sites);
   },
   status: renderStatus,
   usersettings: renderSettings,
-  testresult: (records) => { addResult(records); renderParts(); },
+  testresult: (records) => { addResult(records); renderParts(); charts.onResult(records); },
   testresults: (list) => {
     model.parts = []; model.partCount = 0;
     for (const records of list || []) addResult(records);
     renderParts();
+    charts.onResults(list);
   },
-  yield: renderYield,
-  bintable: renderBins,
+  yield: (rows) => { renderYield(rows); charts.onYield(rows); },
+  bintable: (rows) => { renderBins(rows); charts.onBintable(rows); },
+  alarm: alarms.onAlarm,
+  production: (p) => charts.onProduction(p, true),
   lotdata: renderLotdata,
   logs: (entries) => addLogs(entries, false),
   logfile: (p) => {
@@ -337,6 +336,8 @@ function connect() {
     $("conn").className = "conn up";
     reloadLogs = true;
     send("getlogs");
+    alarms.refresh();
+    pollProduction();
   };
   socket.onmessage = (ev) => {
     let msg;
@@ -381,10 +382,57 @@ function wire() {
   $("loglevel").addEventListener("change", () => send("setloglevel", { level: parseInt($("loglevel").value, 10) }));
   $("logfilter").addEventListener("change", renderLogs);
   $("btn-getlogs").addEventListener("click", () => { reloadLogs = true; send("getlogs"); });
-  // the UI's client-side routes (/control, /bin, ...) scroll to their section
+  $("trend-window").addEventListener("change", () => charts.setWindow($("trend-window").value));
+  charts.setWindow($("trend-window").value);
+  alarms.wire();
+  alarms.onChange(charts.setAlarms);
+  lots.wire();
+  for (const a of document.querySelectorAll("header nav a")) {
+    a.addEventListener("click", (ev) => {
+      if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+      ev.preventDefault();
+      if (location.pathname !== a.getAttribute("href")) history.pushState(null, "", a.getAttribute("href"));
+      route();
+    });
+  }
+  window.addEventListener("popstate", route);
+  route();
+}
+
+// -- pages -----------------------------------------------------------------------------------
+// /history is the lot history; every other UI route (/control, /bin, ...) is the live page,
+// scrolled to its section.
+
+function route() {
+  const page = location.pathname === "/history" ? "history" : "live";
+  $("live").hidden = page !== "live";
+  $("history").hidden = page !== "history";
+  document.body.dataset.page = page;
+  for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.page === page);
+  if (page === "history") {
+    lots.load(false);
+    return;
+  }
   const target = { "/control": "control", "/information": "lotdata-card", "/records": "parts-card",
     "/logging": "logging", "/bin": "bin-card" }[location.pathname];
   if (target) $(target).scrollIntoView();
+}
+
+// -- production figures: the feed's frames, else GET /api/v1/production -------------------------
+
+let pollTimer = null;
+
+async function pollProduction() {
+  clearTimeout(pollTimer);
+  if (charts.productionAge() > PRODUCTION_POLL * 1.5 && socket && socket.readyState === WebSocket.OPEN) {
+    try {
+      const r = await fetch("/api/v1/production", { cache: "no-store" });
+      if (r.ok) charts.onProduction(await r.json(), false);
+    } catch (e) {
+      console.warn("GET /api/v1/production failed", e);
+    }
+  }
+  pollTimer = setTimeout(pollProduction, PRODUCTION_POLL);
 }
 
 wire();
