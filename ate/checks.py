@@ -156,6 +156,10 @@ def check_master(cfg: Any) -> Report:
     add(("web", f"{web_url(cfg.webui_host, cfg.webui_port)} ({root}; {access})"))
     add(("timeouts", "enabled" if cfg.enable_timeouts else "disabled (enable_timeouts false)"))
     add(("log level", str(cfg.loglevel)))
+    from ate.master.lothistory import history_path
+    add(("history", os.path.abspath(history_path(cfg))))
+    add(("alarms", "; ".join(f"{r.name} ({r.kind}, {r.action})" for r in cfg.alarms)
+         if cfg.alarms else "none"))
     report.warnings[:0] = list(cfg.warnings)
     return report
 

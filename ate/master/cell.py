@@ -468,6 +468,8 @@ class Cell(UiCommands):
     def start_load(self, job: Job) -> None:
         self.job = job
         self.lot_number = job.lot_number
+        if self.lot is not None:
+            self.lot.close()
         self.lot = Lot(job, self.sites, self.config.device_id)
         self.records.new_lot()
         self.alarms.start_lot(job)
@@ -612,7 +614,7 @@ class Cell(UiCommands):
     def shutdown(self) -> None:
         self._flush_part_results()
         reason = f"{self._abort_reason}; master stopped" if self._abort_reason else "master stopped"
-        self._finalise(f"aborted: {reason}")
+        self._finalise(f"aborted: {reason}", close=False)  # results may still come
         if self._connected:
             self._last_publish = self._publish(
                 m.MasterStatus(state="crash", message="master stopped"))
@@ -674,7 +676,7 @@ class Cell(UiCommands):
 
     # -- datalog ------------------------------------------------------------------------
 
-    def _finalise(self, reason: str) -> None:
+    def _finalise(self, reason: str, close: bool = True) -> None:
         if self.lot is not None and self.records.open:
             self.production.end_lot()
             self.lot.extra.update(production=self.production.summary(),
@@ -683,6 +685,8 @@ class Cell(UiCommands):
             if self.alarms.monitor is not None:
                 self.lot.extra.update(self.alarms.end_lot())  # the summary lists the alarms
         self.records.finalise(self.lot, reason)
+        if close and self.lot is not None:
+            self.lot.close()  # its part index (a temp file past 10 000 parts) goes
 
     def _flush_part_results(self) -> None:
         if self.part is not None:

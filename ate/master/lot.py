@@ -363,5 +363,5 @@ class Lot:
             "bins": bins,
             "hard_bins": hard_bins,
             "test_time_ms": self._test_time.as_dict(),
-            "index_time_s": self._cycle.as_dict(),
+            "cycle_time_s": self._cycle.as_dict(),  # next to its response (index: production)
         } | self.extra

@@ -67,6 +67,8 @@ HISTOGRAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 HOUR = 3600
 SHORT = 300
 DAY = 24 * HOUR
+#: the lot's last cycles kept for the UI's histogram of test and index time
+RECENT_MAX = 500
 #: at most this many E10 state changes are kept for the timeline
 TIMELINE_MAX = 10000
 
@@ -234,6 +236,8 @@ class Production:
         self._timeline: deque[tuple[float, str]] = deque([(now, "non_scheduled")],
                                                          maxlen=TIMELINE_MAX)
         self._since = now
+        #: the lot's last cycles as [test_s, index_s or None] (the index that followed it)
+        self._recent: deque[list[Any]] = deque(maxlen=RECENT_MAX)
         self._initialized_once = False
         self._connected_once = False
         self._state = "connecting"
@@ -277,6 +281,7 @@ class Production:
         now = self.clock.seconds()
         self._accrue(now)
         self._lot = _Scope()
+        self._recent.clear()
         self._lot_number = lot_number
         self._lot_started = now
         self._lot_ended = None
@@ -320,6 +325,8 @@ class Production:
                 scope.index.add(index)
                 if scope.index_hist is not None:
                     scope.index_hist.observe(index)
+        if index is not None and self._recent:
+            self._recent[-1][1] = index
         self._next_at = now
         self._tested_now = tested
         self._cycle_open = True
@@ -339,6 +346,8 @@ class Production:
             scope.test.add(test)
             if scope.test_hist is not None:
                 scope.test_hist.observe(test)
+        if self._lot is not None:
+            self._recent.append([test, None])
         self._next_at = None
 
     def next_response(self) -> None:
@@ -360,7 +369,8 @@ class Production:
         now = self.clock.seconds()
         self._accrue(now)
         return {"since_start": self._start.block(now), "lot": self._lot_block(now),
-                "e10_state": self._e10_state, "e10_timeline": self.timeline(now)}
+                "e10_state": self._e10_state, "e10_timeline": self.timeline(now),
+                "recent_cycles": [list(c) for c in self._recent], "now": now}
 
     def timeline(self, now: float | None = None) -> list[list[Any]]:
         """The E10 state changes of the last 24 h as ``[start, state]`` pairs, oldest

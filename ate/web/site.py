@@ -42,7 +42,8 @@ __all__ = [
 
 STATIC_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 #: The UI's client-side routes, all answered with index.html (protocol.md §11.1).
-UI_ROUTES = frozenset({b"", b"information", b"control", b"records", b"logging", b"bin"})
+UI_ROUTES = frozenset({b"", b"information", b"control", b"records", b"logging", b"bin",
+                       b"history"})
 _READ_ONLY = frozenset({b"GET", b"HEAD"})
 _NO_INDEX = (b"index.html not found: set webui_root_path in the master config to the "
              b"directory of the web UI\n")

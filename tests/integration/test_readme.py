@@ -34,7 +34,8 @@ DEMO = ("$(command -v sudo) apt-get update -qq && $(command -v sudo) apt-get ins
         "mosquitto && python3 -m venv .venv && .venv/bin/pip install -q . && "
         ".venv/bin/twistd -n ate-demo")
 TESTS = ("$(command -v sudo) apt-get update -qq && $(command -v sudo) apt-get install -y -qq "
-         "mosquitto chromium prometheus && python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && "
+         "mosquitto chromium prometheus && python3 -m venv .venv && "
+         ".venv/bin/pip install -q '.[test]' && "
          ".venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q")
 CHECKS = [f".venv/bin/twistd {program} --config etc/{name} --check" for program, name in (
     ("ate-master", "master.toml"), ("ate-master", "master.json"),

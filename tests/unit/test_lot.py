@@ -244,7 +244,7 @@ def test_summary_stats(lot: Lot) -> None:
     s = lot.summary()
     json.dumps(s, allow_nan=False)
     assert s["test_time_ms"] == {"count": 3, "min": 10.0, "mean": 20.0, "max": 30.0}
-    assert s["index_time_s"] == {"count": 2, "min": 0.5, "mean": 1.0, "max": 1.5}
+    assert s["cycle_time_s"] == {"count": 2, "min": 0.5, "mean": 1.0, "max": 1.5}
     assert s["parts_tested"] == 3 and s["parts_distinct"] == 2 and s["retests"] == 1
     assert s["total"] == {"site": "-1", "parts": 2, "good": 0, "fail": 2, "aborted": 1,
                           "retests": 1, "yield_percent": 0.0}

@@ -419,3 +419,31 @@ def test_e10_timeline_lists_the_changes_of_the_last_day() -> None:
     clock.advance(DAY - 7)  # now 1013 + DAY: the first two changes are older than a day
     assert p.timeline() == [[1013, "standby"], [1015, "productive"],
                             [1020, "unscheduled_down"]]
+
+
+def test_recent_cycles_pair_each_test_time_with_the_index_that_followed() -> None:
+    from twisted.internet.task import Clock
+
+    from ate.master.production import RECENT_MAX, Production
+    clock = Clock()
+    p = Production(clock)
+    p.state("initialized", lot=False, held=False, connected=True)
+    p.state("ready", lot=True, held=False, connected=True)
+    p.new_lot("L1")
+    for test, index in ((0.5, 0.25), (1.0, 0.125), (0.75, None)):
+        p.next_command(2, 2)
+        clock.advance(test)
+        p.last_result()
+        p.next_response()
+        if index is not None:
+            clock.advance(index)
+    figures = p.figures()
+    assert figures["recent_cycles"] == [[0.5, 0.25], [1.0, 0.125], [0.75, None]]
+    assert figures["now"] == clock.seconds()
+    for _ in range(RECENT_MAX + 10):
+        p.next_command(2, 2)
+        p.last_result()
+        p.next_response()
+    assert len(p.figures()["recent_cycles"]) == RECENT_MAX
+    p.new_lot("L2")
+    assert p.figures()["recent_cycles"] == []

@@ -34,7 +34,8 @@ SIM_PUBLISHES = {m.ControlStatus, m.TestAppStatus, m.TestResult, m.TestSummary,
 #: the handler application's messages (13.1).
 NOT_THE_SITES = {m.Load, m.Next, m.Unload, m.Reset, m.Identify, m.GetState, m.SiteLayout,
                  m.GetHost, m.NextResponse, m.IdentifyResponse, m.GetStateResponse,
-                 m.GetHostResponse, m.ErrorResponse, m.MasterAlarm, m.IoControlRequest, m.IoControlForward,
+                 m.GetHostResponse, m.ErrorResponse, m.MasterAlarm, m.IoControlRequest,
+                 m.IoControlForward,
                  m.IoControlResponse, m.PeripheralResponseRelay, m.PeripheralStatus,
                  m.HandlerStatus, m.HandlerCommand, m.HandlerResponse}
 

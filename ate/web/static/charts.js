@@ -134,7 +134,13 @@ export function onProduction(p, fromFrame = true) {
     st.prev = { test: null, index: null };
     st.approx = { test: 0, index: 0 };
   }
-  if (block) {
+  if (p.lot && Array.isArray(p.recent_cycles)) {
+    // the lot's last cycles, exact: [test_s, index_s or null] each
+    const recent = p.recent_cycles.filter((r) => Array.isArray(r) && typeof r[0] === "number");
+    st.samples = { test: recent.map((r) => r[0]),
+      index: recent.filter((r) => typeof r[1] === "number").map((r) => r[1]) };
+    st.approx = { test: 0, index: 0 };
+  } else if (block) {
     sample("test", block.test_time_s);
     sample("index", block.index_time_s);
   }
