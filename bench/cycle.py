@@ -3,7 +3,7 @@
 
     python bench/cycle.py [--sites 1,4,16,64,128,255] [--cycles 2000] [--rss-parts 100000]
                           [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
-                          [--max-inflight N] [--link twisted|paho|twisted-mqtt]
+                          [--max-inflight N] [--link twisted|paho|twisted-mqtt] [--alarms 7]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
@@ -227,12 +227,16 @@ async def main(args) -> None:
     try:
         for n in args.sites:
             cycles = max(50, args.cycles // max(1, n // 4))
-            for kind in ("floor", "master"):
+            for kind in ("floor", "master") + (("alarms",) if args.alarms else ()):
                 marks = tuple(args.rss_parts) if (kind == "master" and n == 4) else ()
                 if kind == "floor" and n == 4 and args.rss_floor:
                     marks = tuple(args.rss_parts)
-                r = await run_target(kind, broker, n, cycles, workdir, marks, master_extra,
-                                     args.link)
+                extra_cfg = master_extra
+                if kind == "alarms":  # the same master with the rules configured
+                    extra_cfg = {**master_extra, "alarms": BENCH_ALARMS[:args.alarms]}
+                r = await run_target("floor" if kind == "floor" else "master", broker, n,
+                                     cycles, workdir, marks, extra_cfg, args.link)
+                r["kind"] = kind
                 rows.append(r)
                 print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
                       f"{r['parts_s']:.0f} parts/s  cpu {r['cpu_ms']:.3f} ms/cycle  "
@@ -253,6 +257,15 @@ async def main(args) -> None:
               f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
               f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
               f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+    if args.alarms:
+        print()
+        print(f"| sites | master p50 | with {args.alarms} alarm rules p50 | ratio | "
+              "master CPU ms | with rules CPU ms | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for n in args.sites:
+            m, a = by[("master", n)], by[("alarms", n)]
+            print(f"| {n} | {m['p50']:.3f} | {a['p50']:.3f} | {a['p50'] / m['p50']:.3f}x | "
+                  f"{m['cpu_ms']:.3f} | {a['cpu_ms']:.3f} | {a['cpu_ms'] / m['cpu_ms']:.3f}x |")
     m4 = by.get(("master", 4))
     if m4 and len(m4["rss"]) > 1:
         print()
@@ -260,6 +273,20 @@ async def main(args) -> None:
                                                      for k, v in m4["rss"].items()))
         ks = sorted(m4["rss"])
         print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
+
+
+#: ``--alarms N``: the first N of these rules (one of every kind), set so that none fires on
+#: the bench's simulated mix: the run measures their evaluation on every part (the two
+#: statistical rules have no history here, so they stay inactive after one INFO line)
+BENCH_ALARMS = [
+    {"kind": "consecutive_fails", "count": 1000000, "action": "hold"},
+    {"kind": "site_yield", "min_percent": 1, "window": 200},
+    {"kind": "lot_yield", "min_percent": 1},
+    {"kind": "bin_limit", "sbin": 60000, "max_percent": 99},
+    {"kind": "site_divergence", "z": 50},
+    {"kind": "statistical_yield_limit"},
+    {"kind": "statistical_bin_limit", "sbin": 12},
+]
 
 
 def site_counts(text: str) -> list[int]:
@@ -292,6 +319,9 @@ def parse(argv=None):
                    help="mosquitto max_inflight_messages (its default is 20)")
     p.add_argument("--subscribe-qos", type=int, choices=(0, 1, 2), default=None,
                    help="the master's mqtt_subscribe_qos (default: the master's default)")
+    p.add_argument("--alarms", type=int, choices=range(0, len(BENCH_ALARMS) + 1), default=0,
+                   help="also run the master with the first N of 7 alarm rules (none fires) "
+                        "and compare")
     p.add_argument("--link", choices=(*LINKS, "twisted-mqtt"), default=DEFAULT_LINK,
                    help=f"the master's MQTT link (default: {DEFAULT_LINK}, the config default)")
     return p.parse_args(argv)
