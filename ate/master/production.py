@@ -49,6 +49,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from ate.promtext import labels, number
+
 __all__ = ["E10_STATES", "HISTOGRAM_BUCKETS", "MASTER_STATES", "Production",
            "production_lines"]
 
@@ -410,10 +412,10 @@ class Production:
                    samples: list[tuple[str, float | int]]) -> None:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
-            lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
+            lines.extend(f"{name}{label_set} {number(value)}" for label_set, value in samples)
 
         metric("ate_uph", "gauge", "Units (tested site slots) per hour, by window.",
-               [(_labels(window="1h"), uph_1h), (_labels(window="5m"), uph_5m)])
+               [(labels(window="1h"), uph_1h), (labels(window="5m"), uph_5m)])
         for name, help_text, hist in (
                 ("ate_index_seconds", "Index time, from the next response to the next "
                  "next command.", start.index_hist),
@@ -423,9 +425,9 @@ class Production:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} histogram")
             for bound, count in hist.cumulative():
-                lines.append(f"{name}_bucket{_labels(le=_number(bound))} {count}")
-            lines.append(f"{name}_bucket{_labels(le='+Inf')} {hist.count}")
-            lines.append(f"{name}_sum {_number(hist.total)}")
+                lines.append(f"{name}_bucket{labels(le=number(bound))} {count}")
+            lines.append(f"{name}_bucket{labels(le='+Inf')} {hist.count}")
+            lines.append(f"{name}_sum {number(hist.total)}")
             lines.append(f"{name}_count {hist.count}")
         metric("ate_site_slots_offered_total", "counter",
                "Site slots offered by accepted next commands (configured sites).",
@@ -433,7 +435,7 @@ class Production:
         metric("ate_site_slots_tested_total", "counter",
                "Site slots tested by accepted next commands.", [("", start.tested)])
         metric("ate_e10_seconds_total", "counter", "Seconds in each SEMI E10 state.",
-               [(_labels(state=s), start.e10[s]) for s in E10_STATES])
+               [(labels(state=s), start.e10[s]) for s in E10_STATES])
         return "\n".join(lines) + "\n"
 
     # -- internals ---------------------------------------------------------------------
@@ -517,24 +519,6 @@ def _stats_line(label: str, stats: Mapping[str, Any] | None) -> str:
             f"last={stats['last']:.3f} s")
 
 
-def _escape(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(**labels: Any) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
-
-def _number(value: float | int) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)

@@ -29,6 +29,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ate.master.alarming import AlarmError
 from ate.master.cell import CommandRefused
 from ate.master.machine import refusal_type
+from ate.promtext import labels, number
 from ate.protocol import messages as m
 from ate.web.feed import MAX_RESULTS_BYTES, encode_results, strict_json
 
@@ -430,27 +431,10 @@ def _job_dict(job: Any) -> dict | None:
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _escape(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(**labels: Any) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
-def _number(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
 
 
 class PrometheusMetrics:
@@ -492,8 +476,8 @@ class PrometheusMetrics:
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{labels} {_number(value)}")
+            for label_set, value in samples:
+                lines.append(f"{name}{label_set} {number(value)}")
 
         metric("ate_parts_total", "counter", "Site results accepted (one per site and part).",
                [("", mt.parts)])
@@ -503,7 +487,7 @@ class PrometheusMetrics:
                [("", mt.commands_refused)])
         metric("ate_protocol_errors_total", "counter",
                "Malformed or unexpected MQTT messages by kind.",
-               [(_labels(kind=k), v) for k, v in sorted(mt.protocol_errors.items())])
+               [(labels(kind=k), v) for k, v in sorted(mt.protocol_errors.items())])
         metric("ate_unexpected_results_total", "counter", "Test results that were not expected.",
                [("", mt.unexpected_results)])
         metric("ate_duplicate_results_total", "counter", "Duplicate test results ignored.",
@@ -516,7 +500,7 @@ class PrometheusMetrics:
         metric("ate_mqtt_connected", "gauge", "1 while connected to the broker.",
                [("", bool(status.get("connected")))])
         metric("ate_master_state", "gauge", "The master's external state (1 for the current one).",
-               [(_labels(state=status.get("state", "")), 1)])
+               [(labels(state=status.get("state", "")), 1)])
 
         lot = cell.lot
         yields = lot.yields() if lot is not None else []
@@ -524,21 +508,21 @@ class PrometheusMetrics:
         metric("ate_lot_parts", "gauge", "Distinct parts tested in the current lot.",
                [("", lot.parts_tested if lot is not None else 0)])
         metric("ate_yield_parts", "gauge", "Parts per bin group and site (site -1: all sites).",
-               [(_labels(site=y.get("siteid"), group=y.get("name")), y.get("count", 0))
+               [(labels(site=y.get("siteid"), group=y.get("name")), y.get("count", 0))
                 for y in yields])
         metric("ate_yield_ratio", "gauge", "Share of parts per bin group and site (0..1).",
-               [(_labels(site=y.get("siteid"), group=y.get("name")),
+               [(labels(site=y.get("siteid"), group=y.get("name")),
                  float(y.get("value", 0.0)) / 100.0) for y in yields])
         bin_samples = []
         for row in bins:
             for sc in row.get("siteCounts", ()):
-                bin_samples.append((_labels(site=sc.get("siteId"), sbin=row.get("sBin"),
+                bin_samples.append((labels(site=sc.get("siteId"), sbin=row.get("sBin"),
                                             hbin=row.get("hBin"), name=row.get("name"),
                                             group=row.get("type")), sc.get("count", 0)))
         metric("ate_bin_parts", "gauge", "Final parts per soft bin and site.", bin_samples)
 
         metric("ate_alarms_total", "counter", "Alarms raised, by rule kind and action (§15.2).",
-               [(_labels(kind=k, action=a), n)
+               [(labels(kind=k, action=a), n)
                 for (k, a), n in sorted(cell.alarms.counts.items())])
         metric("ate_lot_held", "gauge", "1 while a hold alarm holds the lot.",
                [("", cell.alarms.held() is not None)])
@@ -546,9 +530,9 @@ class PrometheusMetrics:
         lines.append("# HELP ate_cycle_seconds Handler cycle time, from next to the response.")
         lines.append("# TYPE ate_cycle_seconds histogram")
         for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
-            lines.append(f'ate_cycle_seconds_bucket{{le="{_number(float(bound))}"}} {count}')
+            lines.append(f'ate_cycle_seconds_bucket{{le="{number(float(bound))}"}} {count}')
         lines.append(f'ate_cycle_seconds_bucket{{le="+Inf"}} {self.cycle_count}')
-        lines.append(f"ate_cycle_seconds_sum {_number(self.cycle_sum)}")
+        lines.append(f"ate_cycle_seconds_sum {number(self.cycle_sum)}")
         lines.append(f"ate_cycle_seconds_count {self.cycle_count}")
         return "\n".join(lines) + "\n" + cell.production.metrics_text()
 
