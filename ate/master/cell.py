@@ -169,7 +169,7 @@ class Cell(UiCommands):
 
     def refusal_response(self, refusal: Refusal, origin: str = "handler") -> Any:
         self.metrics.commands_refused += 1
-        self.log.warn(
+        (self.log.info if refusal.expected else self.log.warn)(
             "{origin} command {command} refused ({rtype}): {reason}",
             origin=origin, command=refusal.command, rtype=refusal.response_type,
             reason=refusal.message,
@@ -504,7 +504,7 @@ class Cell(UiCommands):
     def prepare_next(self, sites: Any) -> tuple[Refusal | None, Any]:
         held = self.alarms.next_refusal_text()
         if held is not None:
-            return Refusal("next", "error", held), None
+            return Refusal("next", "error", held, expected=True), None
         missing = self.peripherals.unavailable()
         if missing:
             return Refusal("next", "error",

@@ -45,6 +45,9 @@ class Refusal:
     response_type: str
     message: str
     state: str = ""
+    #: an answer the operator already knows about (a hold: its alarm was the WARNING), so
+    #: the refusal itself is logged at INFO, not once more per handler retry
+    expected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,12 @@ import weakref
 from itertools import islice
 from typing import Any
 
+from twisted.logger import Logger
+
 __all__ = ["PartIndex", "PartValue", "DEFAULT_BOUND", "DEFAULT_BATCH", "DEFAULT_FILTER_BITS",
            "pack", "unpack"]
+
+_log = Logger(namespace="ate.master.partindex")
 
 #: (site index, head, soft bin, hard bin, part flag, retest count)
 PartValue = tuple[int, int, int, int, int, int]
@@ -232,6 +236,7 @@ class PartIndex:
             self._bound = -1
             self.problem = (f"cannot move parts to the index file ({e}); keeping every "
                             "part of the lot in memory from now on")
+            _log.warn("part index: {problem}", problem=self.problem)  # once: no more spills
             return
         bits, mask = self._bits, self._mask
         if bits is None:

@@ -178,11 +178,13 @@ def test_bound_none_keeps_everything_in_memory_and_never_makes_a_file() -> None:
     ix.close()
 
 
-def test_a_file_that_cannot_be_made_keeps_every_part_in_memory_exactly(tmp_path) -> None:
+def test_a_file_that_cannot_be_made_keeps_every_part_in_memory_exactly(
+        tmp_path, warnings_logged) -> None:
     ix = PartIndex(bound=5, batch=2, directory=tmp_path / "missing")
     for n in range(30):
         ix.put(f"P{n}", value(n))
     assert ix.problem is not None and "cannot move parts" in ix.problem
+    assert warnings_logged == [f"part index: {ix.problem}"]  # once, not per part
     assert ix.in_memory == len(ix) == 30 and ix.spilled == 0
     assert [ix.get(f"P{n}") for n in range(30)] == [value(n) for n in range(30)]
     ix.close()
