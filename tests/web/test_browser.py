@@ -10,19 +10,17 @@ mid-lot; with ATE_UPDATE_SCREENSHOT=1 it is saved as docs/ui-screenshot.png.
 from __future__ import annotations
 
 import os
-import select
 import shutil
-import signal
-import subprocess
 import sys
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+if REPO not in sys.path:  # run as a script (the served child)
+    sys.path.insert(0, REPO)
+from tests.web.chromium import ARGS, CHROMIUM, browser_page, served_by  # noqa: E402,F401
+
 SCREENSHOT = os.path.join(REPO, "docs", "ui-screenshot.png")
 LOT = "306426.001"
 
@@ -72,42 +70,15 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
 
 
 def _child(command: str, what: str):
-    """Run this file as ``command`` in a child process; yield the URL of the port it
-    prints; stop it by its PID."""
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), command],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            proc.kill()
-            raise AssertionError(f"{what} did not start: {line!r} {proc.stderr.read()!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+    """Run this file as ``command`` in a child process; yield the URL of its port."""
+    yield from served_by([os.path.abspath(__file__), command], what)
 
 
 @pytest.fixture
 def ui():
-    """A headless Chromium page (Debian's chromium, driven by Playwright); yields
-    (page, expect, errors); errors collects uncaught page errors for the test to check."""
-    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api",
-                                     reason="playwright for Python not installed")
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            yield page, playwright.expect, errors
-        finally:
-            browser.close()
+    """A headless Chromium page; yields (page, expect, errors); errors collects uncaught
+    page errors for the test to check."""
+    yield from browser_page(1400, 1100)
 
 
 @pytest.fixture

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
-import signal
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:  # run as a script (the served child)
     sys.path.insert(0, REPO)
-from tests.web.test_browser import ARGS, CHROMIUM, LOT  # noqa: E402  (the same Chromium)
+from tests.web import chromium  # noqa: E402
+from tests.web.chromium import served_by  # noqa: E402
+from tests.web.test_browser import LOT  # noqa: E402
 
 SCREENSHOT = os.path.join(REPO, "docs", "ui-screenshot.png")
 SITES = ["0", "1", "2", "3"]
@@ -95,22 +94,8 @@ def _serve_live(spec: dict[str, Any]) -> None:  # pragma: no cover - runs in the
 
 def live_master(spec: dict[str, Any]) -> Iterator[str]:
     """Run the live cell of ``spec`` in a child process; yield its web URL; stop it by PID."""
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve-live",
-                             json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            proc.kill()
-            raise AssertionError(f"live cell did not start: {line!r} {proc.stderr.read()!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+    yield from served_by([os.path.abspath(__file__), "serve-live", json.dumps(spec)],
+                         "live cell")
 
 
 def api(base: str, path: str, body: Any = None) -> Any:
@@ -125,23 +110,7 @@ def api(base: str, path: str, body: Any = None) -> Any:
 def browser_page(width: int = 1280, height: int = 900) -> Iterator[tuple[Any, Any, list[str]]]:
     """A headless Chromium page; yields (page, expect, errors): errors collects uncaught page
     errors and console errors (a failed request of the page shows there too)."""
-    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api",
-                                     reason="playwright for Python not installed")
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height},
-                                    accept_downloads=True)
-            page.set_default_timeout(T)
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-            page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
-                    if msg.type == "error" else None)
-            yield page, playwright.expect, errors
-        finally:
-            browser.close()
+    yield from chromium.browser_page(width, height, console=True, timeout_ms=T, downloads=True)
 
 
 def load_lot(page: Any, expect: Any) -> None:

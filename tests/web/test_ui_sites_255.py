@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -22,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:  # run as a script (the served child)
     sys.path.insert(0, REPO)
-from tests.web.test_browser import ARGS, CHROMIUM, LOT  # noqa: E402  (the same Chromium)
+from tests.web.chromium import browser_page, served_by  # noqa: E402
+from tests.web.test_browser import LOT  # noqa: E402
 
 N_SITES = 255
 WIDTH = 1280
@@ -63,39 +61,13 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
 
 @pytest.fixture
 def served():
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            proc.kill()
-            raise AssertionError(f"site did not start: {line!r} {proc.stderr.read()!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+    yield from served_by([os.path.abspath(__file__), "serve"], "site")
 
 
 @pytest.fixture
 def ui():
     """A headless Chromium page 1280 px wide; yields (page, expect, errors)."""
-    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api",
-                                     reason="playwright for Python not installed")
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            yield page, playwright.expect, errors
-        finally:
-            browser.close()
+    yield from browser_page(WIDTH, 900)
 
 
 # every tile's box, the page's scroll width and the viewport width
