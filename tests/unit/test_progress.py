@@ -29,7 +29,7 @@ def info(events) -> list[str]:
 
 
 def test_every_external_state_change_is_one_info_line_with_its_reason(tmp_path, logged):
-    h = Harness(tmp_path)
+    h = Harness(tmp_path, loglevel=10)
     h.cell.subscribe(StateLog(h.cell))
     h.to_ready()
     h.run_part()
@@ -47,6 +47,16 @@ def test_every_external_state_change_is_one_info_line_with_its_reason(tmp_path, 
     debug = [t for level, t in logged if level == LogLevel.debug and t.startswith("state ")]
     assert debug == ["state ready -> testing: next part", "state testing -> ready: part done"]
     assert not any("testing" in t for t in changes)
+
+
+def test_the_cycle_lines_are_not_made_above_debug(tmp_path, logged):
+    h = Harness(tmp_path, loglevel=20)
+    h.cell.subscribe(StateLog(h.cell))
+    h.to_ready()
+    h.run_part()
+    h.handler("unload")
+    assert not [t for level, t in logged if t.startswith("state ready -> testing")]
+    assert f"state ready -> unloading: unload of lot {LOT}" in info(logged)
 
 
 def test_an_error_is_logged_with_the_message_that_caused_it(tmp_path, logged):
