@@ -209,6 +209,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
     from ate.mqtt.service import MqttService
     from ate.protocol import messages as m
     from ate.stdf.recover import recover_directory
+    from ate.stdf.summary import BinRow
 
     log = Logger(namespace="ate.master")
     for warning in cfg.warnings:
@@ -228,8 +229,13 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
         else:
             globalLogPublisher.addObserver(writer)
 
+    jobs = job_source_from_config(cfg)
+
+    def job_bins(lot_number: str) -> list[BinRow]:  # a repaired footer names its bins
+        return [BinRow(e.sbin, e.hbin, e.name, e.group) for e in jobs.load(lot_number).bins]
+
     if os.path.isdir(cfg.stdf_directory):  # created at the first load otherwise
-        for line in recover_directory(cfg.stdf_directory):
+        for line in recover_directory(cfg.stdf_directory, job_bins):
             log.warn("datalog recovery: {line}", line=line)
     # after the recovery, so that repaired files (and their new summaries) are imported
     history = LotHistory.open(cfg)
@@ -266,7 +272,7 @@ def build_master(cfg: MasterConfig, reactor: Any, *, observe_logs: bool = True,
     )
     cell = Cell(
         cfg, reactor, mqtt,
-        job_source=job_source_from_config(cfg),
+        job_source=jobs,
         settings=UserSettings(cfg.user_settings_filepath),
         logs=logs,
         log_file=writer,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ate.stdf.records import (
     Fixes,
@@ -29,7 +29,14 @@ from ate.stdf.records import (
     encode,
     iter_records,
 )
-from ate.stdf.summary import Tally, footer_records, is_abort_bin, is_good_bin, summary_text
+from ate.stdf.summary import (
+    BinRow,
+    Tally,
+    footer_records,
+    is_abort_bin,
+    is_good_bin,
+    summary_text,
+)
 
 __all__ = ["recover_directory", "recover_file", "RECOVERED"]
 
@@ -42,8 +49,16 @@ _MISSING_COORD = -32768
 _UTF8_PAIR = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
-def recover_directory(directory: str) -> list[str]:
-    """Repair every unfinished ``*.stdf`` file in ``directory``; return log lines."""
+#: the bin table of a lot's job, by lot number (for the names in a repaired footer)
+BinsFor = Callable[[str], Sequence[BinRow]]
+
+
+def recover_directory(directory: str, bins_for: BinsFor | None = None) -> list[str]:
+    """Repair every unfinished ``*.stdf`` file in ``directory``; return log lines.
+
+    ``bins_for(lot_number)`` gives the job's bin table of the lot named in a file's MIR:
+    the repaired SBR/HBR and the summary then carry its bin names and groups (a table
+    that cannot be had, or raises, leaves them empty)."""
     try:
         names = sorted(os.listdir(directory))
     except OSError as err:
@@ -54,7 +69,7 @@ def recover_directory(directory: str) -> list[str]:
         if not name.endswith(".stdf") or not os.path.isfile(path):
             continue
         try:
-            line = recover_file(path)
+            line = recover_file(path, bins_for)
         except (OSError, ValueError) as err:
             line = f"{path}: not recovered: {err}"
         if line:
@@ -90,7 +105,7 @@ def _minimal_header(path: str, stamp: int, endian: str, need_far: bool,
     return out
 
 
-def recover_file(path: str) -> str | None:
+def recover_file(path: str, bins_for: BinsFor | None = None) -> str | None:
     """Repair one datalog if it is unfinished; return a log line, or None if complete."""
     with open(path, "r+b") as fh:
         data = fh.read()
@@ -181,7 +196,8 @@ def recover_file(path: str) -> str | None:
                 retests = old[3] + 1
             parts[key] = (site, soft, hard, retests)
             tally.add(site, soft, hard, retests, 1)
-        footer = footer_records(sites, tally, (), tsrs, sbin_names=sbin_names,
+        table = _job_bins(bins_for, str(mir.get("LOT_ID") or ""))
+        footer = footer_records(sites, tally, table, tsrs, sbin_names=sbin_names,
                                 hbin_names=hbin_names)
         footer.append({"type": "MRR", "FINISH_T": stamp, "DISP_COD": " ",
                        "USR_DESC": "", "EXC_DESC": RECOVERED})
@@ -196,7 +212,7 @@ def recover_file(path: str) -> str | None:
         fh.flush()
         os.fsync(fh.fileno())
     dropped = len(data) - keep_end
-    summary = _summary(path, mir, sites, tally, kept, parts, stamp, fixes)
+    summary = _summary(path, mir, sites, tally, kept, parts, stamp, fixes, table)
     summary_note = _write_summaries(path, summary)
     rebuilt = "rebuilt header, " if head else ""
     ascii_note = (f", replaced non-ASCII text bytes by '?' in {len(patches)} record(s)"
@@ -209,11 +225,24 @@ def recover_file(path: str) -> str | None:
             f"{summary_note}")
 
 
+def _job_bins(bins_for: BinsFor | None, lot: str) -> tuple[BinRow, ...]:
+    if bins_for is None or not lot:
+        return ()
+    try:
+        return tuple(bins_for(lot))
+    except Exception:  # no job for that lot any more, or a broken one: names stay empty
+        return ()
+
+
 def _summary(path: str, mir: dict[str, Any], sites: list[str], tally: Tally,
              kept: list[dict[str, Any]], parts: dict[str, tuple[str, int, int, int]],
-             stamp: int, fixes: Fixes) -> dict[str, Any]:
+             stamp: int, fixes: Fixes, table: Sequence[BinRow] = ()) -> dict[str, Any]:
     """The lot summary of a repaired file, in the shape of ``Lot.summary()``, from its
-    PRRs (bin names are not in the file: they stay empty)."""
+    PRRs; bin names and groups from the job's ``table`` (empty without one)."""
+    named = {entry.sbin: entry for entry in table}
+    hnames: dict[int, str] = {}
+    for entry in table:
+        hnames.setdefault(entry.hbin, entry.group)
     all_sites = tally.sites(sites)
     total = len(parts)
 
@@ -231,7 +260,9 @@ def _summary(path: str, mir: dict[str, Any], sites: list[str], tally: Tally,
     for sb in sorted({sb for (_, sb) in tally.sbin}):
         counts = {s: tally.sbin.get((s, sb), 0) for s in all_sites}
         n = sum(counts.values())
-        bins.append({"sbin": sb, "hbin": hbin_of.get(sb), "name": "", "group": "",
+        known = named.get(sb)
+        bins.append({"sbin": sb, "hbin": hbin_of.get(sb),
+                     "name": known.name if known else "", "group": known.group if known else "",
                      "counts": counts, "total": n,
                      "percent": n / total * 100.0 if total else 0.0})
     hard: dict[int, int] = {}
@@ -253,7 +284,7 @@ def _summary(path: str, mir: dict[str, Any], sites: list[str], tally: Tally,
         "per_site": [row(s, [s]) for s in all_sites],
         "total": row("-1", all_sites),
         "bins": bins,
-        "hard_bins": [{"hbin": hb, "name": "", "total": n,
+        "hard_bins": [{"hbin": hb, "name": hnames.get(hb, ""), "total": n,
                        "percent": n / total * 100.0 if total else 0.0}
                       for hb, n in sorted(hard.items())],
         "test_time_ms": test_time,

@@ -213,3 +213,46 @@ def test_a_repaired_file_gets_its_summary_files(tmp_path) -> None:
     with open(base + ".summary.txt", encoding="utf-8") as fh:
         assert f"Ended: {RECOVERED}" in fh.read()
     assert recover_file(path) is None  # complete now: untouched
+
+
+def test_a_repaired_footer_and_summary_carry_the_jobs_bin_names(tmp_path) -> None:
+    import json
+
+    from ate.stdf.summary import BinRow
+
+    path, parts = unfinished_log(str(tmp_path), n=6)
+    job = make_job()
+    asked = []
+
+    def bins_for(lot: str) -> list[BinRow]:
+        asked.append(lot)
+        return [BinRow(e.sbin, e.hbin, e.name, e.group) for e in job.bins]
+
+    [line] = recover_directory(str(tmp_path), bins_for)
+    assert RECOVERED in line and asked == ["306426.001"]
+    with open(path, "rb") as fh:
+        recs = pystdf_records(fh.read())
+    names = {r["SBIN_NUM"]: r["SBIN_NAM"] for n, r in recs
+             if n == "SBR" and r["HEAD_NUM"] == 255}
+    assert names == {e.sbin: e.name for e in job.bins}  # every entry of the table, named
+    hnames = {r["HBIN_NUM"]: r["HBIN_NAM"] for n, r in recs if n == "HBR"}
+    assert all(hnames[e.hbin] for e in job.bins)
+    with open(path[:-5] + ".summary.json", encoding="utf-8") as fh:
+        summary = json.load(fh)
+    by_sbin = {b["sbin"]: b for b in summary["bins"]}
+    for e in job.bins:
+        if e.sbin in by_sbin:
+            assert (by_sbin[e.sbin]["name"], by_sbin[e.sbin]["group"]) == (e.name, e.group)
+
+
+def test_a_job_that_cannot_be_had_leaves_the_names_empty(tmp_path) -> None:
+    path, _ = unfinished_log(str(tmp_path), n=3)
+
+    def bins_for(lot: str) -> list:
+        raise OSError(f"no job for lot {lot}")
+
+    [line] = recover_directory(str(tmp_path), bins_for)
+    assert RECOVERED in line
+    with open(path, "rb") as fh:
+        recs = pystdf_records(fh.read())
+    assert {r["SBIN_NAM"] for n, r in recs if n == "SBR"} == {""}
