@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Websocket feed benchmark: the handler cycle with and without 50 UI clients on ``/ws``.
+"""Websocket feed benchmark: the handler cycle with and without 50 UI clients on ``/ws``,
+or with the operator UI's charts page open in Chromium (``--browsers N``).
 
     python bench/feed.py [--sites 16] [--cycles 1000] [--clients 50] [--blocks 4] [--nice 19]
+    python bench/feed.py --pace 0.05 --browsers 1 [--clients 0]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1 and one ``twistd -n ate-master`` with
 its web UI on a free loopback port (``spawn_master`` from bench/cycle.py).  This process runs
@@ -27,6 +29,24 @@ client receipt time - handler receipt time of that cycle's ``next`` response (bo
 ``time.perf_counter``, i.e. CLOCK_MONOTONIC, shared across processes).  The master sends
 each ``testresult`` as the site result arrives, *before* it publishes the response, so that
 latency may be negative; ``yield`` goes out right after the response.
+
+``--browsers N`` (default 0; ``--clients`` then defaults to 0, give both to have both):
+the "on" blocks have N headless Chromium pages (``/usr/bin/chromium`` through Playwright,
+the arguments of tests/web/test_browser.py) of the UI's root page ``/``, scrolled to the
+production charts; a block starts only once the charts card is visible and every chart
+drew its data elements (trend polylines and site bars for every site, pareto bars, time
+histogram bars, E10 segments, figures), and ends once every page shows the last cycle's
+parts count, then its pages close.  One browser process serves the whole run, launched
+before the warm-up (the "off" blocks run with it idle, no page): launching Chromium for
+every block would put its start-up and the first layout into the blocks' start, which is
+not what an open page costs.  The browser child runs this file (``--browser-child``) and
+is reniced; Chromium sets its own niceness (browser process -8, renderers 0 or 5, some
+threads -8), so this process renices every thread of the browser's process tree before
+the settle cycles and again before the measured ones, and reports how many Chromium had
+set otherwise.  Reported for the pages: feed messages counted in the page, chart drawings
+a second, page errors and the browser tree's CPU per measured cycle (from /proc).  The
+page's own receipt times are not compared (no shared clock), so there is no latency table
+for pages.
 """
 
 from __future__ import annotations
@@ -198,6 +218,188 @@ def child_main(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# The browser child: N headless Chromium pages of the operator UI.
+
+CHROMIUM = "/usr/bin/chromium"
+#: the Chromium arguments of tests/web/test_browser.py
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+#: before the page's scripts: count the feed's messages and the page's errors in the page
+#: (no Playwright event reaches this process while a block runs)
+PAGE_PROBE = """(() => {
+  const stats = { messages: 0, bytes: 0, errors: [] };
+  window.__bench = stats;
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener("message", (e) => { stats.messages++; stats.bytes += e.data.length; });
+    }
+  };
+  window.addEventListener("error", (e) => stats.errors.push(`error: ${e.message}`));
+  window.addEventListener("unhandledrejection", (e) => stats.errors.push(`rejection: ${e.reason}`));
+  const error = console.error;
+  console.error = (...a) => {
+    stats.errors.push(a.map(String).join(" "));
+    error.apply(console, a);
+  };
+})();"""
+
+#: every chart of the production card has drawn its data elements
+CHARTS_DRAWN = """([n]) => {
+  const q = (s) => document.querySelectorAll(s).length;
+  return q('#chart-trend polyline[data-site]') === n && q('#chart-pareto rect[data-sbin]') > 0
+    && q('#chart-sites rect[data-site]') === n && q('#chart-cycle rect[data-kind]') > 0
+    && q('#chart-e10 rect[data-state]') > 0 && q('#production-figures dd[data-key]') > 0;
+}"""
+
+#: the status shows ``parts`` parts: the page has had the last measured cycle
+PAGE_DRAINED = """([parts]) => document.getElementById('parts').textContent === String(parts)"""
+
+PAGE_STATS = """() => ({ renders: +(document.getElementById('charts').dataset.renders || 0),
+  messages: window.__bench.messages, bytes: window.__bench.bytes,
+  errors: window.__bench.errors.slice(0, 5), nerrors: window.__bench.errors.length,
+  ms: performance.now() })"""
+
+
+def browser_main(args) -> None:
+    """One Chromium for the whole run (this process reniced first, so Chromium and
+    Playwright's driver inherit the niceness).  Commands on stdin, one a line, each
+    answered on stdout: ``open`` opens ``args.browsers`` pages of ``/`` (a context each),
+    waits until the charts card is visible and every chart drew its data, answers
+    ``ready``; ``drain <k>`` waits until every page shows the parts of cycle k, answers
+    ``done <json>`` (per page: renders, feed messages and bytes, page errors) and closes
+    the pages; EOF closes Chromium."""
+    if args.nice:
+        os.nice(args.nice)
+    from playwright.sync_api import sync_playwright
+
+    url = f"http://127.0.0.1:{args.port}/"
+
+    def answer(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                     headless=True)
+        pages: list = []
+        answer("launched")
+        try:
+            for line in sys.stdin:
+                words = line.split()
+                if not words:
+                    continue
+                if words[0] == "open":
+                    for _ in range(args.browsers):
+                        page = browser.new_page(viewport={"width": 1280, "height": 900})
+                        page.set_default_timeout(60_000)
+                        page.add_init_script(PAGE_PROBE)
+                        pages.append(page)
+                        page.goto(url)
+                    for page in pages:
+                        page.wait_for_function(
+                            "() => document.getElementById('conn').textContent === 'online'",
+                            polling=100)
+                        page.locator("#charts").scroll_into_view_if_needed()
+                        if not page.locator("#charts").is_visible():
+                            raise RuntimeError("the charts card is not visible")
+                        page.wait_for_function(CHARTS_DRAWN, arg=[args.sites], polling=100)
+                    if args.page_profile:  # the first page's JavaScript, sampled
+                        cdp = pages[0].context.new_cdp_session(pages[0])
+                        cdp.send("Profiler.enable")
+                        cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+                        cdp.send("Profiler.start")
+                    answer("ready")
+                elif words[0] == "drain":
+                    parts = (int(words[1]) + 1) * args.sites
+                    for page in pages:
+                        page.wait_for_function(PAGE_DRAINED, arg=[parts], polling=100,
+                                               timeout=120_000)
+                    stats = [page.evaluate(PAGE_STATS) for page in pages]
+                    if args.page_profile:
+                        stats[0]["profile"] = self_times(cdp.send("Profiler.stop")["profile"])
+                    for page in pages:
+                        page.context.close()
+                    pages = []
+                    answer("done " + json.dumps(stats))
+                else:
+                    raise RuntimeError(f"browser child: unknown command {line!r}")
+        finally:
+            browser.close()
+
+
+def self_times(profile: dict) -> dict[str, float]:
+    """A CDP ``Profiler.Profile`` as self milliseconds per function (``name file:line``;
+    style, layout and paint show as ``(program)``)."""
+    names = {}
+    for node in profile["nodes"]:
+        f = node["callFrame"]
+        where = f["url"].rsplit("/", 1)[-1]
+        names[node["id"]] = (f"{f['functionName'] or '(anonymous)'} {where}:{f['lineNumber'] + 1}"
+                             if where else f["functionName"])
+    out: dict[str, float] = {}
+    for node, dt in zip(profile.get("samples", []), profile.get("timeDeltas", []), strict=True):
+        out[names[node]] = out.get(names[node], 0.0) + dt / 1e3
+    return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def renice_tree(pid: int, nice: int) -> int:
+    """Set every thread of ``pid`` and its descendants to niceness ``nice``; the number of
+    threads that had another.  Chromium sets its own: the browser process -8, renderers 0
+    (foreground) or 5, some threads -8 (display critical), so the niceness its launcher
+    inherited does not stick."""
+    changed = 0
+    for p in tree_pids(pid):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) != nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+                    changed += 1
+            except OSError:
+                pass  # the thread ended meanwhile
+    return changed
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its live descendants, from /proc."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+# ------------------------------------------------------------------------------------------
 # The bench.
 
 
@@ -242,11 +444,51 @@ async def bench(args) -> None:
                 self.ready.errback(RuntimeError(f"client process ended: {self.out[-500:]!r}"))
             self.ended.callback(None)
 
+    class Browsers(protocol.ProcessProtocol):
+        """The browser child: one answer line per command (``launched``, ``ready``,
+        ``done <json>``)."""
+
+        def __init__(self) -> None:
+            self.buf = b""
+            self.waiting: defer.Deferred | None = None
+            self.ended: defer.Deferred = defer.Deferred()
+
+        def answer(self, timeout: float) -> defer.Deferred:
+            self.waiting = d = defer.Deferred()
+            d.addTimeout(timeout, reactor)
+            return d
+
+        def outReceived(self, data: bytes) -> None:
+            self.buf += data
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                d, self.waiting = self.waiting, None
+                if d is not None and not d.called:
+                    d.callback(line.decode())
+
+        def errReceived(self, data: bytes) -> None:
+            sys.stderr.write(data.decode(errors="replace"))
+
+        def processEnded(self, reason) -> None:
+            d, self.waiting = self.waiting, None
+            if d is not None and not d.called:
+                d.errback(RuntimeError(f"browser process ended: {reason.value}"))
+            self.ended.callback(None)
+
     n = args.sites
+    label = " + ".join(x for x in (
+        f"{args.browsers} page{'s' if args.browsers > 1 else ''}" if args.browsers else "",
+        f"{args.clients} clients" if args.clients else "") if x)
     broker = Mosquitto()
     broker.start()
     workdir = tempfile.mkdtemp(prefix="ate-bench-feed-")
     sim = handler = transport = pp = None
+    browsers = bt = None                 # the browser child and its transport
+    browser_cpu = 0.0                    # its CPU seconds (Chromium, driver) over on cycles
+    page_stats: list[dict] = []          # per page and block, from the page
+    loads = [os.getloadavg()]
+    reniced = unniced = 0                # Chromium threads reniced before / after blocks
+    blocks: list[tuple[bool, list[float]]] = []  # (on, its cycle seconds) in run order
     cyc = {False: [], True: []}          # handler cycle seconds per mode
     cpu = {False: 0.0, True: 0.0}        # master CPU seconds per mode
     child_cpu = 0.0                      # client process CPU seconds, over child_cycles
@@ -293,6 +535,22 @@ async def bench(args) -> None:
             state["k"] = k + 1
             return t1 - t0
 
+        if args.browsers:
+            # one Chromium for the whole run, started before the warm-up: "off" blocks run
+            # with it idle (no page), "on" blocks with args.browsers pages of the UI
+            browsers = Browsers()
+            launched = browsers.answer(120)
+            bt = reactor.spawnProcess(
+                browsers, sys.executable,
+                [sys.executable, os.path.abspath(__file__), "--browser-child", "--port",
+                 str(port), "--browsers", str(args.browsers), "--sites", str(n), "--nice",
+                 str(args.nice)] + (["--page-profile"] if args.page_profile else []),
+                env=dict(os.environ), path=workdir)
+            if await launched != "launched":
+                raise RuntimeError("the browser child did not launch Chromium")
+            if args.nice:
+                reniced += renice_tree(bt.pid, args.nice)  # idle in the "off" blocks too
+
         for _ in range(args.warmup):
             await cycle()
 
@@ -302,7 +560,12 @@ async def bench(args) -> None:
             order += [False, True] if b % 2 == 0 else [True, False]
         for on in order:
             child = None
-            if on:
+            if on and args.browsers:
+                opened = browsers.answer(180)
+                bt.write(b"open\n")
+                if await opened != "ready":
+                    raise RuntimeError("the browser pages did not draw their charts")
+            if on and args.clients:
                 out = os.path.join(workdir, f"clients{state['k']}.pickle")
                 child = Child()
                 ct = reactor.spawnProcess(
@@ -313,16 +576,33 @@ async def bench(args) -> None:
                     env=dict(os.environ), path=workdir)
                 child.ready.addTimeout(60, reactor)
                 await child.ready
+            if on and bt is not None and args.nice:
+                reniced += renice_tree(bt.pid, args.nice)
             for _ in range(args.settle):
                 await cycle()
+            if on and bt is not None and args.nice:
+                reniced += renice_tree(bt.pid, args.nice)  # threads started meanwhile
             k0 = state["k"]
             cpu0 = cpu_seconds(pid)
+            bcpu0 = tree_cpu(bt.pid) if on and bt is not None else 0.0
             for _ in range(per_block):
                 cyc[on].append(await cycle())
             cpu[on] += cpu_seconds(pid) - cpu0
+            if on and bt is not None:
+                browser_cpu += tree_cpu(bt.pid) - bcpu0
+                if args.nice:
+                    unniced += renice_tree(bt.pid, args.nice)  # Chromium's own since then
             k1 = state["k"]
+            loads.append(os.getloadavg())
             handler.received.clear()
-            if on:
+            if on and args.browsers:
+                drained = browsers.answer(180)
+                bt.write(f"drain {k1 - 1}\n".encode())
+                done = await drained
+                if not done.startswith("done "):
+                    raise RuntimeError(f"the browser pages did not drain: {done!r}")
+                page_stats += json.loads(done[5:])
+            if on and args.clients:
                 ct.write(f"{k1 - 1}\n".encode())   # the child ends once it has it all
                 child.ended.addTimeout(150, reactor)
                 await child.ended
@@ -352,9 +632,18 @@ async def bench(args) -> None:
                     elif kind == KIND_YIELD and (c, k) in prev_tr:
                         last_tr.append(prev_tr.pop((c, k)) - resp_t[k])
                 measured_on.update(range(k0, k1))
-            print(f"  block {'50 clients' if on else 'no clients':10s} cycles {k0}-{k1 - 1}: "
-                  f"p50 {statistics.median(cyc[on][-per_block:]) * 1e3:.3f} ms", flush=True)
+            blocks.append((on, cyc[on][-per_block:]))
+            print(f"  block {label if on else 'off':{len(label)}s} cycles {k0}-{k1 - 1}: "
+                  f"p50 {statistics.median(cyc[on][-per_block:]) * 1e3:.3f} ms, "
+                  f"load {loads[-1][0]:.2f}", flush=True)
     finally:
+        if bt is not None:
+            bt.closeStdin()              # the child closes Chromium and ends
+            browsers.ended.addTimeout(30, reactor)
+            try:
+                await browsers.ended
+            except defer.TimeoutError:
+                bt.signalProcess("KILL")
         if transport is not None:
             transport.signalProcess("TERM")
             pp.ended.addTimeout(10, reactor)
@@ -377,38 +666,82 @@ async def bench(args) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     off, on = cyc[False], cyc[True]
+    # ABBA: blocks 0-1, 2-3, ... are adjacent pairs of one off and one on block
+    pair_blocks = [dict(blocks[i:i + 2]) for i in range(0, len(blocks) - 1, 2)]
+    where = []
+    if args.browsers:
+        where.append(f"{args.browsers} Chromium page{'s' if args.browsers > 1 else ''} of the "
+                     "UI (/, charts drawn) in one browser child")
+    if args.clients:
+        where.append(f"{args.clients} websocket clients in a child process")
     print()
     print(f"{n} sites, T = 0, pace {args.pace or 'none'}, {len(off)} cycles each way in "
-          f"{args.blocks * 2} alternating "
-          f"blocks; {args.clients} clients in a child process (nice {args.nice})")
+          f"{args.blocks * 2} alternating blocks; {' and '.join(where)} (nice {args.nice}); "
+          f"load average {loads[0][0]:.2f} at the start, "
+          f"{statistics.mean(x[0] for x in loads[1:]):.2f} mean after the blocks, "
+          f"{os.cpu_count()} CPUs")
     print()
     print("| mode | cycles | cycle p50 ms | cycle p99 ms | parts/s | master CPU ms/cycle |")
     print("|---|---|---|---|---|---|")
-    for name, xs, c in (("no clients", off, cpu[False]),
-                        (f"{args.clients} clients", on, cpu[True])):
+    for name, xs, c in (("off", off, cpu[False]), (label, on, cpu[True])):
         print(f"| {name} | {len(xs)} | {statistics.median(xs) * 1e3:.3f} | "
               f"{pct(xs, 0.99) * 1e3:.3f} | {len(xs) * n / sum(xs):.0f} | "
               f"{c / len(xs) * 1e3:.3f} |")
     print(f"| ratio | | {statistics.median(on) / statistics.median(off):.3f}x | "
           f"{pct(on, 0.99) / pct(off, 0.99):.3f}x | "
           f"{(len(on) / sum(on)) / (len(off) / sum(off)):.3f}x | "
-          f"{(cpu[True] / len(on)) / (cpu[False] / len(off)):.3f}x |")
+          f"{(cpu[True] / len(on)) / max(1e-9, cpu[False] / len(off)):.3f}x |")
+    if args.clients:
+        print()
+        print("feed latency: client receipt - handler receipt of that cycle's next response")
+        print()
+        print("| message | samples | p50 ms | p99 ms | max ms |")
+        print("|---|---|---|---|---|")
+        for name, xs in (("testresult (each)", lat[KIND_TESTRESULT]),
+                         ("testresult (last of the part)", last_tr),
+                         ("yield", lat[KIND_YIELD]), ("bintable", lat[KIND_BINTABLE])):
+            if xs:
+                print(f"| {name} | {len(xs)} | {statistics.median(xs) * 1e3:.3f} | "
+                      f"{pct(xs, 0.99) * 1e3:.3f} | {max(xs) * 1e3:.3f} |")
+        print()
+        print(f"clients: {counts['clients']} connected per block, {counts['messages']} "
+              f"messages parsed, {counts['errors']} parse errors; measured-cycle messages "
+              f"received {counts['got']} of {counts['expected']} expected; client process "
+              f"CPU {child_cpu / max(1, child_cycles) * 1e3:.3f} ms/cycle")
+    if args.browsers:
+        seconds = sum(x["ms"] for x in page_stats) / 1e3
+        errors = [e for x in page_stats for e in x["errors"]]
+        print()
+        print(f"pages: {len(page_stats)} opened ({args.browsers} per block), "
+              f"{sum(x['messages'] for x in page_stats)} feed messages "
+              f"({sum(x['bytes'] for x in page_stats) / 1e6:.1f} MB of text), chart drawings "
+              f"{sum(x['renders'] for x in page_stats) / max(1e-9, seconds):.2f} per second "
+              f"a page, {sum(x['nerrors'] for x in page_stats)} page errors"
+              f"{' ' + repr(errors[:3]) if errors else ''}; browser (Chromium + driver) CPU "
+              f"{browser_cpu / max(1, len(on)) * 1e3:.3f} ms/cycle over the measured cycles; "
+              f"threads Chromium had set to another niceness: {reniced} reniced to "
+              f"{args.nice} before the measured cycles, {unniced} found after them")
+        profile: dict[str, float] = {}
+        for x in page_stats:
+            for name, ms in x.get("profile", {}).items():
+                profile[name] = profile.get(name, 0.0) + ms
+        if profile:
+            sampled = sum(v for k, v in profile.items() if k != "(idle)")
+            print()
+            print(f"the first page's main thread, sampled: {sampled:.0f} ms not idle over "
+                  f"{len(on)} measured cycles ({sampled / len(on):.2f} ms/cycle; wall time, "
+                  "so a niced thread waiting for a CPU counts); self time")
+            print()
+            print("| function | ms | ms/cycle |")
+            print("|---|---|---|")
+            for name, ms in sorted(profile.items(), key=lambda x: -x[1])[:15]:
+                print(f"| {name} | {ms:.0f} | {ms / len(on):.3f} |")
     print()
-    print("feed latency: client receipt - handler receipt of that cycle's next response")
-    print()
-    print("| message | samples | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|")
-    for name, xs in (("testresult (each)", lat[KIND_TESTRESULT]),
-                     ("testresult (last of the part)", last_tr),
-                     ("yield", lat[KIND_YIELD]), ("bintable", lat[KIND_BINTABLE])):
-        if xs:
-            print(f"| {name} | {len(xs)} | {statistics.median(xs) * 1e3:.3f} | "
-                  f"{pct(xs, 0.99) * 1e3:.3f} | {max(xs) * 1e3:.3f} |")
-    print()
-    print(f"clients: {counts['clients']} connected per block, {counts['messages']} messages "
-          f"parsed, {counts['errors']} parse errors; measured-cycle messages received "
-          f"{counts['got']} of {counts['expected']} expected; master dropped {dropped}; "
-          f"client process CPU {child_cpu / max(1, child_cycles) * 1e3:.3f} ms/cycle")
+    pairs = [statistics.median(block[True]) / statistics.median(block[False])
+             for block in pair_blocks]
+    print(f"cycle p50 on/off of adjacent blocks (ABBA pairs): "
+          f"{', '.join(f'{r:.3f}' for r in pairs)}; median {statistics.median(pairs):.3f}x")
+    print(f"master dropped {dropped} websocket clients")
 
 
 def parse(argv=None):
@@ -416,24 +749,48 @@ def parse(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sites", type=int, default=16)
     p.add_argument("--cycles", type=int, default=1000, help="measured cycles per mode")
-    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--clients", type=int, default=None,
+                   help="websocket clients in the 'on' blocks (default 50, 0 with --browsers)")
+    p.add_argument("--browsers", type=int, default=0,
+                   help="headless Chromium pages of the UI's root page (the charts) in the "
+                   "'on' blocks, in one reniced browser process (" + CHROMIUM + ")")
     p.add_argument("--blocks", type=int, default=4, help="blocks per mode")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--settle", type=int, default=20,
                    help="unmeasured cycles at the start of every block")
     p.add_argument("--pace", type=float, default=0.0,
                    help="seconds from one next to the next (0: back to back, T = 0 lot)")
-    p.add_argument("--nice", type=int, default=19, help="niceness of the client process")
+    p.add_argument("--nice", type=int, default=19,
+                   help="niceness of the client and browser processes")
+    p.add_argument("--page-profile", action="store_true",
+                   help="with --browsers: sample the first page's JavaScript (CDP Profiler) "
+                   "during the measured cycles and print where its time went")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--browser-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clients is None:
+        args.clients = 0 if args.browsers else 50
+    for name in ("sites", "cycles", "blocks"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("clients", "browsers", "warmup", "settle"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name} must not be negative, got {getattr(args, name)}")
+    if not (args.child or args.browser_child) and args.clients + args.browsers == 0:
+        p.error("nothing in the 'on' blocks: give --clients or --browsers a positive number")
+    if args.browsers and not os.path.exists(CHROMIUM):
+        p.error(f"--browsers needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    return args
 
 
 if __name__ == "__main__":
     a = parse()
     if a.child:
         child_main(a)
+    elif a.browser_child:
+        browser_main(a)
     else:
         from twisted.internet import defer, task
         task.react(lambda _r: defer.Deferred.fromCoroutine(bench(a)))
