@@ -10,9 +10,14 @@ scripts and the demo alike::
     finally:
         broker.stop()
 
-The broker listens on loopback only, never persists anything and logs to a
-file in its own temporary directory (``broker.log_path``), which is kept
-after ``stop()`` so a failing test can show it, and removed by ``cleanup()``.
+The broker listens on loopback only, never persists anything (unless
+``extra_config`` says ``persistence true``: the database is then kept in its
+directory across restarts) and logs to a file in its own temporary directory
+(``broker.log_path``), which is kept after ``stop()`` so a failing test can
+show it, and removed by ``cleanup()``.
+
+A tester's broker bridged to a floor broker (docs/floor.md) is one with the
+lines of L{bridge_config} over L{floor_bridge_topics} in its ``extra_config``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import tempfile
 import time
 from typing import Sequence, cast
 
-__all__ = ["Amqtt", "Mosquitto", "MosquittoError", "find_amqtt", "find_mosquitto", "free_port",
-           "private_broker"]
+__all__ = ["Amqtt", "Mosquitto", "MosquittoError", "bridge_config", "find_amqtt",
+           "find_mosquitto", "floor_bridge_topics", "free_port", "private_broker"]
 
 _DEFAULT_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -316,6 +321,71 @@ class Amqtt(Mosquitto):
 
     def __repr__(self) -> str:
         return f"<Amqtt {self.host}:{self.port} pid={self.pid}>"
+
+
+def _check_level(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in "/+#\x00 "):
+        raise ValueError(f"{what} must be one MQTT topic level (no '/', '+', '#', NUL or "
+                         f"space), got {value!r}")
+    return value
+
+
+def floor_bridge_topics(device_id: str, handler_ids: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """What a tester's broker exchanges with the floor broker: ``(topic, direction)``.
+
+    ``out`` (tester to floor): the master's ``Master/status``, ``Master/response``,
+    ``Master/alarm`` and its requests to the handler, ``Handler/command``; ``in`` (floor
+    to tester): the handler commands ``Master/cmd`` and the status of every handler in
+    ``handler_ids`` (``ate/H/Handler/status``, which the master reads, protocol.md 4.9).
+    Everything else (Control, TestApp, io-control: the part's hot path) stays on the
+    tester's broker.  See docs/floor.md.
+    """
+    base = f"ate/{_check_level('device_id', device_id)}"
+    topics = [(f"{base}/Master/status", "out"), (f"{base}/Master/response", "out"),
+              (f"{base}/Master/alarm", "out"), (f"{base}/Handler/command", "out"),
+              (f"{base}/Master/cmd", "in")]
+    topics += [(f"ate/{_check_level('handler id', h)}/Handler/status", "in")
+               for h in handler_ids]
+    return topics
+
+
+def bridge_config(name: str, remote_port: int, topics: Sequence[tuple[str, str]], *,
+                  remote_host: str = "127.0.0.1", remote_clientid: str | None = None,
+                  qos: int = 2, restart_timeout: str = "1 2",
+                  keepalive: int = 20) -> list[str]:
+    """mosquitto.conf lines of one bridge (its ``connection`` section) to the broker at
+    ``remote_host:remote_port``: MQTT 3.1.1, a persistent session (``cleansession
+    false``) under ``remote_clientid`` (default ``bridge.<name>``), every topic at ``qos``.
+
+    ``restart_timeout`` "1 2" (a back-off of 1 to 2 s): mosquitto 2.0.11 took about 5 s to
+    reconnect with a single constant value, whatever it was.  Put the lines last in the
+    config (every line after ``connection`` belongs to the bridge).
+    """
+    _check_level("bridge name", name)
+    if not isinstance(remote_port, int) or not 0 < remote_port < 65536:
+        raise ValueError(f"bridge {name}: remote_port must be a TCP port, got {remote_port!r}")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"bridge {name}: qos must be 0, 1 or 2, got {qos!r}")
+    if not topics:
+        raise ValueError(f"bridge {name}: no topics to bridge")
+    lines = [
+        f"connection {name}",
+        f"address {remote_host}:{remote_port}",
+        f"remote_clientid {remote_clientid or 'bridge.' + name}",
+        "cleansession false",
+        "bridge_protocol_version mqttv311",
+        "try_private true",
+        f"restart_timeout {restart_timeout}",
+        f"keepalive_interval {keepalive}",
+    ]
+    for topic, direction in topics:
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"bridge {name}: direction of {topic!r} must be in, out or "
+                             f"both, got {direction!r}")
+        if not topic or " " in topic:
+            raise ValueError(f"bridge {name}: bad topic {topic!r}")
+        lines.append(f"topic {topic} {direction} {qos}")
+    return lines
 
 
 def private_broker(port: int = 0, *, new_session: bool = False) -> Mosquitto:

@@ -27,6 +27,8 @@ KINDS = {
     "ate-master.service": "systemd", "mosquitto-ate.conf": "mosquitto",
     # promtool and tests/integration/test_prometheus_rules.py
     "prometheus": "prometheus", "grafana": "grafana",
+    # run by tests/integration/test_floor_bridge.py
+    "mosquitto-floor.conf": "mosquitto", "mosquitto-tester-bridge.conf": "mosquitto",
 }
 LOADERS = {"master": load_master_config, "handler": load_handler_config,
            "sim": load_sim_config}
