@@ -203,7 +203,8 @@ class FloorTester:
     ``start_client``) a handler client on it."""
 
     def __init__(self, reactor, tmp_path, floor: Mosquitto, device_id: str,
-                 sites=("0", "1"), *, sim_backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+                 sites=("0", "1"), *, sim_backoff: tuple[float, float] = (1.0, 30.0),
+                 next_ack: float = 10) -> None:
         self.reactor = reactor
         self.device_id = device_id
         self.sites = tuple(sites)
@@ -215,6 +216,7 @@ class FloorTester:
         self.master = self.cell = self.sim = None
         self.client: LocalClient | None = None
         self.sim_backoff = sim_backoff
+        self.next_ack = next_ack
 
     def start_broker(self) -> None:
         self.broker.start()
@@ -229,7 +231,8 @@ class FloorTester:
             "filesystemdatasource_jobpattern": "le#jobname#.xml",
             "stdf_directory": str(self.stdf), "log_directory": str(self.base / "log"),
             "webui_port": free_port(), "site_layout": [[i, 0] for i in range(len(self.sites))],
-            "timeouts": {"startup": 30, "load": 20, "next_ack": 10, "test": 20, "unload": 20},
+            "timeouts": {"startup": 30, "load": 20, "next_ack": self.next_ack, "test": 20,
+                         "unload": 20},
         }, source=f"test-floor-master-{self.device_id}")
         self.master, self.cell = build_master(cfg, self.reactor, observe_logs=False)
         self.sim = SimSitesService(self.reactor, sim_config_from_dict({

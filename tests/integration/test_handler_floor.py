@@ -7,7 +7,8 @@ One ``ST`` of 8 handler sites is split 2 + 2 + 2 + 2 over the four testers (``si
 One tester's broker is killed -9 mid-lot and restarted: the handler's ``next`` for it,
 sent while its bridge was down, is lost (QoS 0), and resent once the master re-publishes
 ``ready`` after its reconnect (README "Broker loss"); the others are not disturbed, and no
-part is lost.
+part is lost.  Unless the master is back before its TestApps: that case is a strict xfail
+(docs/floor.md, Known limits).
 """
 
 from __future__ import annotations
@@ -80,14 +81,15 @@ def expected_parts(j: int) -> list[str]:
     return [f"P{k * width + 2 * j + s + 1}" for k in range(STS) for s in range(len(SITES))]
 
 
-@pytest_twisted.ensureDeferred
-async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_restarted(
-        reactor, floor, tmp_path, logs):
+async def run_lot(reactor, floor, tmp_path, logs, victim_sites_backoff):
+    """The lot of the module docstring; the victim's simulated sites reconnect with
+    ``victim_sites_backoff``, the other sites and every master with the default (1 s
+    doubling).  Returns the handler status messages seen on the floor."""
     events = Waiter()
     watcher = FloorWatcher(reactor, floor, events=events, also=(f"ate/{H}/Handler/status",))
-    # the TestApps come back before their master (see the report of docs/floor.md)
-    testers = [FloorTester(reactor, tmp_path, floor, d, SITES, sim_backoff=(0.2, 1.0))
-               for d in DEVICES]
+    testers = [FloorTester(reactor, tmp_path, floor, d, SITES, next_ack=3) for d in DEVICES]
+    victim = testers[2]
+    victim.sim_backoff = victim_sites_backoff
     device = SimulatedHandler(reactor, lots=(), sites=len(SITE_MAP), index_time=0.3,
                               retry_time=0.2)
     handler = HandlerService(reactor, handler_config_from_dict({
@@ -96,7 +98,6 @@ async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_r
         "site_layout": [[i, 0] for i in range(len(SITE_MAP))], "site_map": SITE_MAP,
         "timeouts": {"load": 20, "next": 30, "unload": 20, "startup": 30},
     }, source="test-handler-floor"), device=device)
-    victim = testers[2]
     try:
         for t in testers:
             t.start_broker()
@@ -121,7 +122,14 @@ async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_r
         victim.broker.kill()
         await deferLater(reactor, 1.5)  # its down time, not a wait for a result
         victim.broker.start()
-        await device.wait_lots(1).addTimeout(2 * TIMEOUT, reactor)
+        # the lot ends, or the restarted tester fails
+        lot_done = device.wait_lots(1)
+        lot_done.addCallback(lambda _: events.poke())
+        await events.until(lambda: lot_done.called
+                           or "softerror" in watcher.states[victim.device_id], reactor,
+                           2 * TIMEOUT)
+        assert "softerror" not in watcher.states[victim.device_id], \
+            victim.cell.status()["error_message"]
         await events.until(lambda: handler.controller.status().state == "initialized"
                            and all(watcher.states[d][-1] == "initialized" for d in DEVICES),
                            reactor)
@@ -154,3 +162,21 @@ async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_r
             await watcher.mqtt.stopService()
         for t in testers:
             await t.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_restarted(
+        reactor, floor, tmp_path, logs):
+    # the restarted tester's sites are back before its master (see the next test)
+    await run_lot(reactor, floor, tmp_path, logs, victim_sites_backoff=(0.2, 1.0))
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a master back before its TestApps after its broker's restart gets the resent next "
+    "and sends it to TestApps not subscribed yet: softerror 'not all sites respond to next "
+    "command' (docs/floor.md, Known limits)"))
+@pytest_twisted.ensureDeferred
+async def test_a_master_back_before_its_testapps_loses_the_resent_next(
+        reactor, floor, tmp_path, logs):
+    # the master reconnects 3 s after the kill (1 s, then 2 s), its sites only at 4 s
+    await run_lot(reactor, floor, tmp_path, logs, victim_sites_backoff=(4.0, 30.0))
