@@ -73,9 +73,23 @@ def _publish(core: HandlerCore, state: str, message: str = "") -> None:
 
 
 def _send_layout(core: HandlerCore, devices: Sequence[str]) -> None:
-    layout = SiteLayout(core.settings.site_layout)
     for device in devices:
-        core.bus.command(device, layout)
+        layout = layout_of(core.settings, device)
+        if layout:  # a master none of whose sites has a pair keeps its own layout
+            core.bus.command(device, SiteLayout(layout))
+
+
+def layout_of(settings: HandlerSettings, device: str) -> tuple[tuple[int, int], ...]:
+    """The ``site-layout`` for master ``device`` (protocol 13.5): the whole layout without
+    ``site_map``; with it, the pairs of the handler sites mapped to that master, in the
+    order of its site ids (numeric ids by value)."""
+    layout = settings.site_layout
+    if settings.site_map is None:
+        return layout
+    mine = [(site, layout[i]) for i, (d, site) in enumerate(settings.site_map)
+            if d == device and i < len(layout)]
+    mine.sort(key=lambda e: (0, int(e[0]), e[0]) if e[0].isdigit() else (1, 0, e[0]))
+    return tuple(pair for _, pair in mine)
 
 
 def _check(inputs: HandlerInputs, core: HandlerCore) -> None:

@@ -23,6 +23,7 @@ from ate.protocol.messages import (
 
 A, B = "SCT-A", "SCT-B"
 LAYOUT = ((0, 0), (1, 0))
+LAYOUT4 = ((0, 0), (1, 0), (0, 1), (1, 1))
 
 
 def wire(device_id, msg):
@@ -71,9 +72,11 @@ class FakeLine:
         self.lines.append(lp.format_line(msg))
 
 
-def make(devices=(A,), site_map=None, **timeouts):
+def make(devices=(A,), site_map=None, site_layout=None, **timeouts):
     clock, bus, line = Clock(), FakeBus(), FakeLine()
-    settings = HandlerSettings(device_ids=tuple(devices), site_layout=LAYOUT,
+    if site_layout is None:  # one pair per handler site
+        site_layout = LAYOUT4 if site_map is not None and len(site_map) == 4 else LAYOUT
+    settings = HandlerSettings(device_ids=tuple(devices), site_layout=site_layout,
                                site_map=site_map, **timeouts)
     ctl = HandlerController(clock, settings, bus, line)
     return ctl, clock, bus, line
@@ -434,7 +437,8 @@ def test_several_masters_without_site_map_refuse_st():
 def test_load_waits_for_every_master():
     ctl, clock, bus, line = make(devices=(A, B), site_map=MAP)
     to_initialized(ctl, (A, B))
-    assert [c[0] for c in bus.commands("site-layout")] == [A, B]
+    assert bus.commands("site-layout") == [(A, "site-layout", {"sites": [[0, 0], [1, 0]]}),
+                                           (B, "site-layout", {"sites": [[0, 1], [1, 1]]})]
     ctl.line_request(lp.LoadLot("L", "D", "25"))
     assert [c[0] for c in bus.commands("load")] == [A, B]
     ctl.master_status(A, "ready")
@@ -512,7 +516,8 @@ def test_crash_of_one_master_leaves_the_other_running():
     ctl.master_status(A, "initialized")
     assert ctl.status().state == "initialized"
     assert ctl.status().excluded == {}
-    assert bus.commands("site-layout") == [(B, "site-layout", {"sites": [[0, 0], [1, 0]]})]
+    # each master gets the pairs of its own sites in site_map (protocol 13.5)
+    assert bus.commands("site-layout") == [(B, "site-layout", {"sites": [[0, 1], [1, 1]]})]
 
 
 def test_crash_of_all_masters_is_an_error():
@@ -651,3 +656,15 @@ def test_simulated_device_in_process_runs_lots():
     assert [e for e in bus.events if e[0] == "cmd" and e[2] == "load"] == [
         ("cmd", A, "load"), ("cmd", B, "load"), ("cmd", A, "load"), ("cmd", B, "load")]
     assert ctl.status().state == "initialized"
+
+
+def test_a_master_gets_the_layout_of_its_own_sites_in_site_map_order_of_its_ids():
+    from ate.handler.actions import layout_of
+    settings = HandlerSettings(device_ids=(A, B), site_layout=LAYOUT4,
+                               site_map=((B, "1"), (A, "0"), (B, "0"), (A, "10")))
+    assert layout_of(settings, A) == ((1, 0), (1, 1))       # sites "0", "10"
+    assert layout_of(settings, B) == ((0, 1), (0, 0))       # sites "0", "1"
+    short = HandlerSettings(device_ids=(A, B), site_layout=((5, 5),), site_map=MAP)
+    assert layout_of(short, A) == ((5, 5),) and layout_of(short, B) == ()
+    single = HandlerSettings(device_ids=(A,), site_layout=LAYOUT)
+    assert layout_of(single, A) == LAYOUT
