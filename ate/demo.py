@@ -16,6 +16,19 @@ DEBUG too).
 
 Without a broker program, or when the web port is taken, it stops before anything
 starts, with one line saying what to do (exit status 2).
+
+Alarms (protocol.md §15): the master runs :data:`DEMO_ALARMS`, three ``notify`` rules
+(site divergence, a run of failing parts, too many contact opens) tuned to stay quiet on
+healthy sites, and the simulated sites run one fault so that a newcomer sees an alarm fire
+for a reason: the last site drifts to 40% yield from the second lot on
+(:func:`default_fault_spec`; with the default 200 parts on 4 sites
+``drift:site=3,after=50,yield=40``).  The first lot is healthy and logs no WARNING; in the
+second lot the divergence rule names the drifting site (a WARNING ``alarm
+site_divergence: site 3 ...``, the UI's alarm list, a DTR in the datalog) once every site
+has 30 parts, and so on in every lot after it, since the site stays bad.  ``--healthy``
+runs without the fault (no alarm fires: the rules are quiet on healthy sites, about one
+false divergence in 700 lots of 200 parts); any ``--fault`` replaces it.  The rules only
+notify: a ``hold`` would stop the demo until someone releases the alarm in the UI.
 """
 
 from __future__ import annotations
@@ -54,7 +67,8 @@ from ate.handler.drivers.simulated import SimulatedHandler
 from ate.handler.tap import QuietHandlerService
 
 __all__ = ["Options", "makeService", "DemoService", "BrokerService", "DemoHandler",
-           "FAULT_KEYS", "DEVICE_ID", "HANDLER_ID", "LOT_NUMBER"]
+           "FAULT_KEYS", "DEVICE_ID", "HANDLER_ID", "LOT_NUMBER", "DEMO_ALARMS",
+           "DRIFT_YIELD", "default_fault_spec"]
 
 log = Logger(namespace="ate.demo")
 
@@ -66,6 +80,24 @@ JOB_PATTERN = "le#jobname#.xml"
 FAULT_KEYS = ("crash_on_part", "drop_result_on_part", "wrong_site_on_part",
               "duplicate_result_on_part", "slow_load", "fault_site")
 REPORT_INTERVAL = 5.0
+
+#: The demo master's alarm rules (config key ``alarms``, protocol.md §15.1): all ``notify``.
+#: Seeded simulation of the demo's mix (85% good, 5% soft bin 12) in lots of 200 parts on
+#: 4 sites, 5 000 lots: on healthy sites 7 lots with a false divergence and 16 over the
+#: contact-open limit (0.14% and 0.3%), no failing run of 8; with one site at 40% yield the
+#: divergence names it in 99% of the lots, the failing run fires there in 27%, the contact
+#: opens in 21%.  (A healthy site of such a lot is named too in about 3%: the drifting site
+#: drags "the other sites'" pooled yield down.)  ``DEFAULT_DEMO_ALARMS`` of
+#: :mod:`ate.alarms.rules` is not used: its 4% limit on soft bin 12 fires in most healthy
+#: lots.
+DEMO_ALARMS: tuple[dict[str, Any], ...] = (
+    {"kind": "site_divergence", "action": "notify", "z": 4.0, "min_parts": 30},
+    {"kind": "consecutive_fails", "action": "notify", "count": 8},
+    {"kind": "bin_limit", "name": "contact_opens", "action": "notify", "sbin": 12,
+     "max_percent": 12.0, "min_parts": 100},
+)
+#: The yield (percent) of the demo's drifting site.
+DRIFT_YIELD = 40
 
 
 def _fail(line: str) -> None:
@@ -100,12 +132,18 @@ def _fault_value(name: str, text: str) -> Any:
 class Options(usage.Options):
     synopsis = ("[--sites N] [--test-time S] [--parts-per-lot N] [--web-port P] [--lots N] "
                 "[--stdf-dir DIR] [--keep-lots N] [--fault K=V] [--fault KIND:K=V,...] "
-                "[--verbose]")
+                "[--healthy] [--verbose]")
     longdesc = ("Run a whole test cell in one process: a private mosquitto broker, the "
                 "master with its web UI, simulated sites and a simulated handler running "
                 "lots.  Open the address it prints in a browser.  Datalogs go to a "
                 "temporary directory removed at exit unless --stdf-dir is given; only the "
-                "last --keep-lots lots are kept.  --lots N stops it (exit 0) after N lots.")
+                "last --keep-lots lots are kept.  --lots N stops it (exit 0) after N lots.  "
+                "The master runs three notify alarms (site divergence, 8 failing parts in a "
+                "row on a site, soft bin 12 above 12%), quiet on healthy sites; so that one "
+                "fires, the last site drifts to 40% yield from the second lot on (with the "
+                "defaults drift:site=3,after=50,yield=40): the first lot is healthy, the "
+                "second names the site in a WARNING and the UI's alarms.  --healthy runs "
+                "without that fault; any --fault replaces it.")
     optParameters = [
         ["sites", "n", 4, "Number of simulated sites.", _number(int, "sites", 1)],
         ["test-time", "t", 0.05, "Test time of one part in seconds.",
@@ -124,6 +162,9 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["verbose", "v", "Log DEBUG events too (the default shows INFO and above)."],
+        ["healthy", None, "No simulated fault: without --fault the last site drifts to "
+                          f"{DRIFT_YIELD}% yield from the second lot on, so that an alarm "
+                          "fires; with --healthy no alarm should."],
     ]
 
     def __init__(self) -> None:
@@ -198,16 +239,31 @@ def master_config(options: Any, broker_port: int, job_dir: str,
         "site_layout": [[i, 0] for i in range(len(sites))],
         "loglevel": 20,
         "stdf_directory": stdf, "log_directory": os.path.join(stdf, "log"),
+        "alarms": [dict(rule) for rule in DEMO_ALARMS],
     }, source="ate-demo master")
 
 
+def default_fault_spec(options: Any) -> str | None:
+    """The demo's own fault, ``drift:site=S,after=N,yield=40``: the last site S drifts from
+    its first part of the second lot on (N = its parts in the first lot); None with
+    ``--healthy``, with any ``--fault``, or with one site (nothing to diverge from)."""
+    if (options.get("healthy") or options.get("faults") or options.get("fault_specs")
+            or options["sites"] < 2):
+        return None
+    # the handler gives a lot's odd parts to the first sites: the last one tests N exactly
+    after = options["parts-per-lot"] // options["sites"]
+    return f"drift:site={options['sites'] - 1},after={after},yield={DRIFT_YIELD}"
+
+
 def sim_config(options: Any, broker_port: int) -> SimConfig:
+    default = default_fault_spec(options)
+    specs = [default] if default is not None else list(options.get("fault_specs") or ())
     return sim_config_from_dict({
         "broker_host": "127.0.0.1", "broker_port": broker_port,
         "device_id": DEVICE_ID, "sites": _site_ids(options),
         "test_time": options["test-time"], "seed": 1, "ptr_count": 5,
         "faults": dict(options["faults"]),
-    }, source="ate-demo --fault", fault_specs=options.get("fault_specs") or ())
+    }, source="ate-demo --fault", fault_specs=specs)
 
 
 def handler_config(options: Any, broker_port: int) -> HandlerConfig:
@@ -477,9 +533,12 @@ def _assemble(options: Any, reactor: Any, broker: Any, work_dir: str, observe_lo
     where = (f"datalogs in {mcfg.stdf_directory}"
              + (f" (the last {keep} lots kept)" if keep else " (every lot kept)")
              + ("" if kept else ", removed at exit (--stdf-dir DIR keeps them)"))
+    fault = default_fault_spec(options)
+    faults = "" if fault is None else (f", simulated fault {fault} (the last site drifts "
+                                       "from lot 2 on; --healthy: none)")
     line = (f"ate-demo {ate.__version__}: open {url} ; {type(broker).__name__.lower()} broker "
             f"on {broker.host}:{broker.port}, device {DEVICE_ID}, sites "
-            f"{','.join(_site_ids(options))}, {where}")
+            f"{','.join(_site_ids(options))}, {where}{faults}")
     ReportService(reactor, url, device, cell, line=line).setServiceParent(top)
     if options["lots"]:
         LotLimit(device, options["lots"], stop if stop is not None else reactor.stop,

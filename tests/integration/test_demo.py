@@ -1,6 +1,7 @@
 """``twistd -n ate-demo`` as a subprocess: parts flow, SIGTERM exits 0, every datalog is
 complete; ``--lots N`` exits 0 after N lots with no WARNING and at most ``--keep-lots``
-lots on disk; the default datalog directory is temporary; and its options."""
+lots on disk; the default datalog directory is temporary; the default demo's drifting site
+fires an alarm in its second lot, not in its first; and its options."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from twisted.python import usage
 import ate
 from ate.broker import free_port
 from ate.stdf.records import iter_records
+from tests.stdfread import read_stdf
 from tests.twistdrun import TWISTD, env
 
 FAR, MRR = (0, 10), (1, 20)
@@ -146,6 +148,7 @@ def test_options_defaults_and_faults():
                  "--fault", "fault_site=3", "--lots", "2")
     assert opts["sites"] == 8 and opts["lots"] == 2
     assert opts["faults"] == {"crash_on_part": 50, "slow_load": 0.5, "fault_site": "3"}
+    assert opts["fault_specs"] == [] and not parse()["healthy"] and parse("--healthy")["healthy"]
     with pytest.raises(usage.UsageError, match="NAME one of"):
         parse("--fault", "explode=3")
     with pytest.raises(usage.UsageError, match="faults.crash_on_part"):
@@ -154,6 +157,33 @@ def test_options_defaults_and_faults():
         parse("--fault", "fault_site=9")           # not one of the 4 sites
     with pytest.raises(usage.UsageError, match="--sites"):
         parse("--sites", "0")
+
+
+def test_the_demo_fault_and_alarms(tmp_path):
+    """Without --fault the last site drifts from its first part of the second lot on; any
+    --fault or --healthy drops it, and so does a single site.  The alarm rules all notify."""
+    from ate.alarms import parse_alarms
+    from ate.demo import DEMO_ALARMS, default_fault_spec, master_config, sim_config
+
+    assert default_fault_spec(parse()) == "drift:site=3,after=50,yield=40"
+    [drift] = sim_config(parse(), 1883).faults.drift
+    assert (drift.site, drift.after, drift.yield_percent) == ("3", 50, 40.0)
+    # 30 parts on 4 sites: 8, 8, 7, 7 in a lot; 8 sites of 201 parts: site 7 tests 25
+    assert default_fault_spec(parse("--parts-per-lot", "30")) == "drift:site=3,after=7,yield=40"
+    assert default_fault_spec(parse("--sites", "8", "--parts-per-lot", "201")) == (
+        "drift:site=7,after=25,yield=40")
+    for args in (("--healthy",), ("--sites", "1"), ("--fault", "crash_on_part=9"),
+                 ("--fault", "bin_storm:site=1,after=5,sbin=12")):
+        assert default_fault_spec(parse(*args)) is None, args
+    assert sim_config(parse("--healthy"), 1883).faults.describe() == "none"
+    [storm] = sim_config(parse("--fault", "bin_storm:site=1,after=5,sbin=12"), 1).faults.bin_storm
+    assert storm.site == "1" and not sim_config(parse("--fault", "slow_load=1"), 1).faults.drift
+    cfg = master_config(parse(), 1883, str(tmp_path / "jobs"), str(tmp_path / "stdf"))
+    assert [(r.kind, r.name, r.action) for r in cfg.alarms] == [
+        ("site_divergence", "site_divergence", "notify"),
+        ("consecutive_fails", "consecutive_fails", "notify"),
+        ("bin_limit", "contact_opens", "notify")]
+    assert cfg.alarms == parse_alarms(DEMO_ALARMS)
 
 
 def test_make_service_order_and_configs(tmp_path):
@@ -286,13 +316,13 @@ def startup_line(text: str) -> str:
 
 
 def test_lots_ends_the_demo_with_no_warning_and_keeps_the_last_lots(tmp_path):
-    """A healthy run (default test time and strategy delay) of 4 lots: exit 0, no WARNING
-    (nor DEBUG: the console shows INFO and above), the URL once with the real port of
-    --web-port 0, and only the last --keep-lots 2 lots in --stdf-dir."""
+    """A healthy run (--healthy: no drifting site; default test time and strategy delay) of
+    4 lots: exit 0, no WARNING (nor DEBUG: the console shows INFO and above), the URL once
+    with the real port of --web-port 0, and only the last --keep-lots 2 lots in --stdf-dir."""
     (tmp_path / "cwd").mkdir()
     stdf = tmp_path / "stdf"
     code, text = run_demo(tmp_path, "--lots", "4", "--keep-lots", "2", "--parts-per-lot", "40",
-                          "--web-port", "0", "--stdf-dir", str(stdf))
+                          "--web-port", "0", "--stdf-dir", str(stdf), "--healthy")
     assert code == 0, text
     for marker in ("#warn]", "#error]", "#critical]", "#debug]", "Traceback"):
         assert marker not in text, (marker, text)
@@ -300,7 +330,7 @@ def test_lots_ends_the_demo_with_no_warning_and_keeps_the_last_lots(tmp_path):
     port = int(re.search(r"open http://127\.0\.0\.1:(\d+)/ ;", line).group(1))
     assert port != 0 and text.count(f"http://127.0.0.1:{port}/") == 1
     assert f"datalogs in {stdf} (the last 2 lots kept)" in line
-    assert "removed at exit" not in line
+    assert "removed at exit" not in line and "simulated fault" not in line
     assert "4 lot(s) done, stopping" in text
     lots = sorted(glob.glob(str(stdf / "*.stdf")))
     assert len(lots) == 2, os.listdir(stdf)
@@ -311,6 +341,47 @@ def test_lots_ends_the_demo_with_no_warning_and_keeps_the_last_lots(tmp_path):
         assert os.path.isfile(base + ".summary.json") and os.path.isfile(base + ".summary.txt")
     assert len(glob.glob(str(stdf / "*.summary.*"))) == 4
     assert os.listdir(tmp_path / "cwd") == []      # nothing written where it was started
+
+
+def test_the_default_demo_fires_an_alarm_in_its_second_lot(tmp_path):
+    """The default demo (no --fault, no --healthy) of 2 lots of 200 parts: the first lot is
+    healthy, with no alarm and no WARNING; in the second the last site drifts and the
+    divergence alarm names it: one WARNING, a DTR after the PRRs of the part that fired it,
+    the lot summary.  The simulated sites are seeded (one random stream per site), so these
+    lots are the same every run."""
+    from ate.demo import LotPruner
+
+    (tmp_path / "cwd").mkdir()
+    stdf = tmp_path / "stdf"
+    code, text = run_demo(tmp_path, "--lots", "2", "--parts-per-lot", "200", "--test-time", "0",
+                          "--web-port", "0", "--stdf-dir", str(stdf), "--keep-lots", "0")
+    assert code == 0, text
+    assert ("simulated fault drift:site=3,after=50,yield=40 (the last site drifts from lot 2 "
+            "on; --healthy: none)") in startup_line(text)
+    first, second = LotPruner(str(stdf), keep=0).lots()          # oldest first
+    summaries = []
+    for base in (first, second):
+        with open(base + ".summary.json", encoding="utf-8") as f:
+            summaries.append(json.load(f))
+    assert summaries[0]["alarms"] == [] and summaries[0]["parts_tested"] == 200
+    [alarm] = summaries[1]["alarms"]
+    assert (alarm["name"], alarm["kind"], alarm["action"], alarm["site"], alarm["state"]) == (
+        "site_divergence", "site_divergence", "notify", "3", "raised")
+    # all four sites need 30 parts (min_parts) before the rule looks: part 120 at the soonest
+    assert alarm["message"].startswith("site 3 yield ") and 120 <= alarm["parts"] <= 200
+    assert summaries[1]["ended_held"] is False and summaries[1]["parts_tested"] == 200
+    warnings = [ln for ln in text.splitlines() if "#warn]" in ln]
+    assert len(warnings) == 1, text
+    assert warnings[0].endswith(f"[ate.master.alarming.LotAlarms#warn] alarm site_divergence: "
+                                f"{alarm['message']}"), warnings
+    for marker in ("#error]", "#critical]", "Traceback"):
+        assert marker not in text, (marker, text)
+    stream = [(name, r["TEXT_DAT"] if name == "DTR" else name)
+              for name, r in read_stdf(second + ".stdf") if name in ("PRR", "DTR")]
+    at = stream.index(("DTR", f"ALARM site_divergence: {alarm['message']}"))
+    prrs_before = stream[:at].count(("PRR", "PRR"))
+    assert prrs_before % 4 == 0 and prrs_before - 4 < alarm["parts"] <= prrs_before
+    assert [name for name, _ in stream].count("DTR") == 1
 
 
 def test_default_datalog_directory_is_temporary_and_verbose_shows_debug(tmp_path):

@@ -364,8 +364,9 @@ def test_demo_fault_option():
     assert (faults.crash_on_part, faults.fault_site) == (9, "3")
     assert faults.drift == (SimDrift("2", 300, 50.0),)
     assert faults.bin_storm == (SimBinStorm("1", 200, 12),)
-    # without --fault: none
-    assert sim_config(demo_options(), 1883).faults == SimFaults(fault_site="0")
+    # with --healthy: none; without --fault the demo's own drift of its last site
+    assert sim_config(demo_options("--healthy"), 1883).faults == SimFaults(fault_site="0")
+    assert sim_config(demo_options(), 1883).faults.drift == (SimDrift("3", 50, 40.0),)
 
 
 @pytest.mark.parametrize("argv,needle", [
