@@ -47,7 +47,10 @@ Firing and re-arming
     row fire again); every other rule first needs one evaluation where its condition is
     false (the yield recovered, the share fell back), and fires again when the condition
     holds again.  A lot that stays bad after a release is therefore not re-alarmed on every
-    part: the operator has decided on it.
+    part: the operator has decided on it.  ``site_divergence`` re-arms a site only once its
+    |z| fell below half of ``z`` (a bad site hovers at the threshold), and a site it named
+    is left out of the other sites' pool for the rest of the lot (a bad site would make the
+    healthy ones look good enough to be named as well).
 
 False-alarm rate of ``site_divergence`` (default ``z = 4.0``, ``min_parts = 100``)
     The two-sided normal tail of ``|z| >= 4`` is p = 6.3e-5 per look.  Every result after
@@ -304,11 +307,18 @@ class _BinLimit(_Eval):
 
 
 class _Divergence(_Eval):
-    __slots__ = ("ready",)
+    """A site against the pooled others.  Sites that this rule named in the lot are left
+    out of the others' pool from then on (raised or released): a bad site would otherwise
+    make the healthy ones look good enough to be named too.  After a release the site
+    re-arms only once its |z| fell below half the threshold (hysteresis: a site that stays
+    bad hovers at the threshold and would be named again within a few parts)."""
+
+    __slots__ = ("ready", "flagged")
 
     def __init__(self, rule: AlarmRule) -> None:
         super().__init__(rule)
         self.ready = 0  # sites holding at least min_parts parts
+        self.flagged: list[str] = []  # sites this rule named in the lot, in order
 
     def step(self, m: AlarmMonitor, site: str, good: bool, sbin: int,
              psite: str | None, out: list[Alarm]) -> None:
@@ -317,20 +327,46 @@ class _Divergence(_Eval):
         if site not in self.raised and site not in self.waiting:  # the common case, inline
             z = self.z_of(m, site)
             if z is not None and abs(z) >= self.rule.z:
-                out.append(m._fire(self, site, self.message(m, site)))
+                out.append(self.fire(m, site))
         else:
             self.look(m, site, site, out)
         if psite is not None and psite != site:
             self.look(m, psite, psite, out)
 
+    def look(self, m: AlarmMonitor, key: str | None, site: str, out: list[Alarm]) -> None:
+        if key in self.raised or key is None:
+            return
+        z = self.z_of(m, site)
+        if key in self.waiting:
+            if z is None or abs(z) < self.rule.z / 2:
+                self.waiting.discard(key)
+        elif z is not None and abs(z) >= self.rule.z:
+            out.append(self.fire(m, site))
+
+    def fire(self, m: AlarmMonitor, site: str) -> Alarm:
+        message = self.message(m, site)
+        if site not in self.flagged:
+            self.flagged.append(site)
+        return m._fire(self, site, message)
+
+    def others(self, m: AlarmMonitor, site: str) -> tuple[int, int]:
+        """(parts, good) of the pool ``site`` is compared with."""
+        n2, g2 = m._parts - m._site_parts[site], m._good - m._site_good[site]
+        for other in self.flagged:  # at most the sites named so far: usually none or one
+            if other != site:
+                n2 -= m._site_parts[other]
+                g2 -= m._site_good[other]
+        return n2, g2
+
     def z_of(self, m: AlarmMonitor, site: str) -> float | None:
-        n1 = m._site_parts[site]
-        n2 = m._parts - n1
-        if n1 == 0 or n2 == 0 or m._good == 0 or m._good == m._parts:
+        n1, g1 = m._site_parts[site], m._site_good[site]
+        n2, g2 = self.others(m, site)
+        if n1 == 0 or n2 == 0:
             return None
-        g1 = m._site_good[site]
-        p = m._good / m._parts
-        return (g1 / n1 - (m._good - g1) / n2) / math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+        p = (g1 + g2) / (n1 + n2)
+        if p <= 0 or p >= 1:
+            return None
+        return (g1 / n1 - g2 / n2) / math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
 
     def hit(self, m: AlarmMonitor, site: str) -> bool:
         z = self.z_of(m, site)
@@ -338,10 +374,12 @@ class _Divergence(_Eval):
 
     def message(self, m: AlarmMonitor, site: str) -> str:
         n1, g1 = m._site_parts[site], m._site_good[site]
-        n2, g2 = m._parts - n1, m._good - g1
+        n2, g2 = self.others(m, site)
+        left_out = [s for s in self.flagged if s != site]
+        pool = f" (without site(s) {', '.join(left_out)})" if left_out else ""
         return (f"site {site} yield {_pct(g1, n1)} differs from the other sites' "
-                f"{_pct(g2, n2)} (z = {self.z_of(m, site):.1f}; {n1} parts on site {site}, "
-                f"{n2} on the others)")
+                f"{_pct(g2, n2)}{pool} (z = {self.z_of(m, site):.1f}; {n1} parts on site "
+                f"{site}, {n2} on the others)")
 
 
 class _Statistical(_Eval):

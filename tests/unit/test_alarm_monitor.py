@@ -304,14 +304,39 @@ def test_divergence_fires_exactly_where_the_reference_z_crosses() -> None:
         fired = m.part(site, good, 1 if good else 12)
         z = None
         if min(site_parts.values()) >= 30:
-            z = reference_z(site_good[site], site_parts[site], sum(site_good.values()),
-                            sum(site_parts.values()))
+            # the pool leaves out the sites named before (not the site itself)
+            out = [s for s in first if s != site]
+            z = reference_z(site_good[site], site_parts[site],
+                            sum(site_good.values()) - sum(site_good[s] for s in out),
+                            sum(site_parts.values()) - sum(site_parts[s] for s in out))
         if site not in first and z is not None and abs(z) >= 4:
             first[site] = index
             assert [a.site for a in fired] == [site], index
         else:
             assert fired == [], index
     assert min(first.values()) == first["1"] > 4 * 30  # the bad site first
+    assert list(first) == ["1"]  # without site 1 in their pool, the good sites stay quiet
+
+
+def test_a_named_site_leaves_the_pool_and_re_arms_only_well_below_the_threshold() -> None:
+    m = monitor({"kind": "site_divergence", "min_parts": 20, "z": 4.0})
+    for _ in range(20):
+        for site in ("1", "2", "3"):
+            feed(m, site, "G" * 9 + "F")   # 90 %
+    fired = feed(m, "0", "F" * 20)        # site 0 all failing: named at once
+    [(pos, alarm)] = fired
+    assert alarm.site == "0"
+    # the healthy sites are now compared with each other only: quiet
+    for _ in range(30):
+        for site in ("1", "2", "3"):
+            assert feed(m, site, "G" * 9 + "F") == []
+    m.release(alarm.id, "ana", "checked")
+    # site 0 stays bad: |z| never falls below 2, so it is not named again
+    assert feed(m, "0", "F" * 30) == []
+    # it recovers (|z| < 2 re-arms it) and then fails again: named a second time
+    feed(m, "0", "G" * 400)
+    again = feed(m, "0", "F" * 400)
+    assert [a.site for _, a in again] == ["0"]
 
 
 def test_divergence_ignores_a_site_without_results() -> None:
