@@ -2,6 +2,15 @@
 // It speaks the MSCT web UI feed at /ws of the host that served it (protocol.md section 11)
 // and reconnects with a growing delay when the master restarts.  The alarms, the production
 // charts and the lot history (protocol §15) live in alarms.js, charts.js and lots.js.
+//
+// A feed message only updates the model and marks what it changed; the page is drawn in
+// an animation frame, once for every message that came since the previous one (the latest
+// status, yield and bin table, all the new parts and log entries), the charts (charts.js)
+// in the same frame, and a costly frame makes the next one wait.  A 255-site lot sends
+// some 260 messages a cycle, two cycles a second at test time 0: drawing each one made the
+// browser fall behind until the master dropped it.  Tables keep their rows and cells while
+// their shape stays, and only cells whose text changed are written.  window.ateUi counts
+// the connections and the time spent per message type, per drawing and per frame.
 
 import { $, el, fmtNumber, token } from "./dom.js";
 import * as alarms from "./alarms.js";
@@ -22,33 +31,145 @@ const model = {
   parts: [],      // newest first
   partCount: 0,
   warnings: [],   // WARNING/ERROR log entries, newest first
+  yields: [],     // the latest yield frame
+  bins: [],       // the latest bintable frame
   lot: null,      // the lot number the charts show
   state: null,
 };
 
-function setBadge(node, state, prefix) {
-  node.textContent = state || "–";
-  node.className = `badge ${prefix}${state || "unknown"}`;
+/** What the page measured (the browser tests read it): websocket opens and closes; per
+ * message type {n, ms, bytes} (ms: the sum, its parse included), per drawing of a card
+ * (renders) and of a chart (charts) {n, ms}; the frames drawn {n, ms: our code, max: the
+ * longest, cost: up to the next task, the browser's style, layout and paint included,
+ * feed messages not}. */
+const ui = { opens: 0, closes: 0, messages: {}, renders: {}, frames: { n: 0, ms: 0, max: 0, cost: 0 },
+  charts: charts.drawings };
+window.ateUi = ui;
+
+function count(table, kind, ms, bytes = 0) {
+  const c = table[kind] || (table[kind] = { n: 0, ms: 0, bytes: 0 });
+  c.n += 1;
+  c.ms += ms;
+  c.bytes += bytes;
 }
 
-// -- rendering -------------------------------------------------------------------------------
+// -- drawing, once per animation frame ---------------------------------------------------------
+// After a costly frame the next one waits: at least FRAME_COST_FACTOR times what the last
+// took, its DOM work and the browser's style, layout and paint after it (measured up to a
+// message posted from the frame, the next task, less the feed messages handled before
+// it), so drawing keeps to about a third of the main thread, however many sites and
+// however slow the machine.
 
-function renderStatus(st) {
-  model.status = st;
-  $("device-id").textContent = st.device_id || "–";
-  $("env").textContent = st.env || "–";
-  $("handler").textContent = st.handler || "–";
-  $("system-time").textContent = st.systemTime || "";
-  setBadge($("state"), st.state, "state-");
-  $("state").dataset.state = st.state || "";
-  $("lot-number").textContent = st.lot_number || "–";
-  $("program").textContent = st.program || "–";
-  $("parts").textContent = String(st.parts ?? 0);
-  if (JSON.stringify(st.sites) !== JSON.stringify(model.sites)) {
-    model.sites = Array.isArray(st.sites) ? st.sites.slice() : [];
-    buildSites();
-    charts.setSites(model.sites);
+const FRAME_COST_FACTOR = 3;
+const MAX_FRAME_WAIT = 1000;  // ms: a stall never delays the page longer than this
+const dirty = new Set();
+let framePending = false;
+let frameStart = -Infinity;   // performance.now() at the last frame
+let frameCost = 0;            // ms the last frame took in all
+let messageMs = 0;            // ms spent on feed messages, in all
+let messageMsAtFrame = 0;
+const afterFrame = new MessageChannel();
+afterFrame.port1.onmessage = () => {
+  frameCost = Math.max(0, performance.now() - frameStart - (messageMs - messageMsAtFrame));
+  ui.frames.cost += frameCost;
+};
+
+function mark(...kinds) {
+  for (const k of kinds) dirty.add(k);
+  if (framePending) return;
+  framePending = true;
+  const wait = Math.min(frameStart + FRAME_COST_FACTOR * frameCost - performance.now(), MAX_FRAME_WAIT);
+  if (wait > 1) setTimeout(() => requestAnimationFrame(draw), wait);
+  else requestAnimationFrame(draw);
+}
+
+function draw() {
+  framePending = false;
+  frameStart = performance.now();
+  messageMsAtFrame = messageMs;
+  for (const kind of DRAW_ORDER) {
+    if (!dirty.has(kind)) continue;
+    dirty.delete(kind);
+    const t0 = performance.now();
+    try { DRAWERS[kind](); } catch (e) { console.error(`drawing ${kind} failed`, e); }
+    count(ui.renders, kind, performance.now() - t0);
   }
+  const ms = performance.now() - frameStart;
+  ui.frames.n += 1;
+  ui.frames.ms += ms;
+  ui.frames.max = Math.max(ui.frames.max, ms);
+  afterFrame.port2.postMessage(0);
+}
+
+const str = (v) => (v == null ? "" : String(v));
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setBadge(node, state, prefix) {
+  setText(node, state || "–");
+  const cls = `badge ${prefix}${state || "unknown"}`;
+  if (node.className !== cls) node.className = cls;
+}
+
+/** Keep a table (head and body) in step with `texts`, the body's cell texts row by row:
+ * rebuilt by `build()` ({head, rows, cells}: cells in the order of texts) when `key` (its
+ * shape) changed, else only the cells whose text changed are written. */
+function patchTable(view, table, key, texts, build) {
+  if (view.key !== key) {
+    const { head, rows, cells } = build();
+    table.tHead.replaceChildren(head);
+    table.tBodies[0].replaceChildren(...rows);
+    view.key = key;
+    view.cells = cells;
+    view.texts = new Array(cells.length).fill(null);
+  }
+  const { cells, texts: shown } = view;
+  for (let i = 0; i < texts.length; i++) {
+    if (shown[i] !== texts[i]) {
+      cells[i].textContent = texts[i];
+      shown[i] = texts[i];
+    }
+  }
+}
+
+// -- status ----------------------------------------------------------------------------------
+
+function setSites(sites) {
+  model.sites = Array.isArray(sites) ? sites.slice() : [];
+  charts.setSites(model.sites);
+  mark("sites", "status", "yield", "bins");
+}
+
+function onStatus(st) {
+  model.status = st;
+  if (JSON.stringify(st.sites) !== JSON.stringify(model.sites)) setSites(st.sites);
+  // a new lot clears the charts: its loading state, or (when the feed coalesced that
+  // away) a new lot number
+  const s = st.state;
+  const lot = st.lot_number || "";
+  if ((s === "loading" && model.state !== "loading") || (lot && model.lot !== null && lot !== model.lot)) {
+    charts.newLot();
+  }
+  if (lot) model.lot = lot;
+  model.state = s;
+  alarms.onStatus(st);
+  mark("status", "errors");
+}
+
+function drawStatus() {
+  const st = model.status;
+  if (!st) return;
+  setText($("device-id"), st.device_id || "–");
+  setText($("env"), st.env || "–");
+  setText($("handler"), st.handler || "–");
+  setText($("system-time"), st.systemTime || "");
+  setBadge($("state"), st.state, "state-");
+  if ($("state").dataset.state !== (st.state || "")) $("state").dataset.state = st.state || "";
+  setText($("lot-number"), st.lot_number || "–");
+  setText($("program"), st.program || "–");
+  setText($("parts"), String(st.parts ?? 0));
   renderSites(st.site_states || {});
   const s = st.state;
   $("btn-load").disabled = s !== "initialized";
@@ -58,16 +179,6 @@ function renderStatus(st) {
   $("btn-unload").disabled = s !== "ready";
   $("btn-reset").disabled = !["connecting", "initialized", "softerror", "error"].includes(s);
   $("btn-settings").disabled = !["initialized", "ready"].includes(s);
-  renderErrors();
-  // a new lot clears the charts: its loading state, or (when the feed coalesced that
-  // away) a new lot number
-  const lot = st.lot_number || "";
-  if ((s === "loading" && model.state !== "loading") || (lot && model.lot !== null && lot !== model.lot)) {
-    charts.newLot();
-  }
-  if (lot) model.lot = lot;
-  model.state = s;
-  alarms.onStatus(st);
 }
 
 // -- site grid -------------------------------------------------------------------------------
@@ -83,6 +194,7 @@ const SITE_TILE_STATES = {
   loading: ["L", "loading"], ready: ["R", "ready"], idle: ["I", "idle"],
   resetting: ["S", "resetting"], unknown: ["?", "unknown"],
 };
+let legendKey = null;  // the counts the legend shows
 
 function siteTileState(st) {
   const control = st.control || "";
@@ -110,6 +222,7 @@ function buildSites() {
   box.classList.toggle("compact", compact);
   $("sites-card").classList.toggle("many", compact);
   $("sites-legend").replaceChildren();
+  legendKey = null;
   if (compact) {
     box.replaceChildren(...model.sites.map((site) => el("div", {
       class: "site tile tile-unknown", id: `site-${site}`, "data-site": site,
@@ -140,10 +253,12 @@ function renderSiteTiles(states) {
     }
     if (tile.title !== title) tile.title = title;
   }
-  $("sites-legend").replaceChildren(...Object.entries(SITE_TILE_STATES)
-    .filter(([state]) => counts[state])
-    .map(([state, [label, text]]) => el("span", { class: `legend tile-${state}`, "data-state": state },
-      el("b", { text: label }), ` ${text} ${counts[state]}`)));
+  const shown = Object.entries(SITE_TILE_STATES).filter(([state]) => counts[state]);
+  const key = shown.map(([state]) => `${state}:${counts[state]}`).join();
+  if (key === legendKey) return;
+  legendKey = key;
+  $("sites-legend").replaceChildren(...shown.map(([state, [label, text]]) => el("span", {
+    class: `legend tile-${state}`, "data-state": state }, el("b", { text: label }), ` ${text} ${counts[state]}`)));
 }
 
 function renderSites(states) {
@@ -158,66 +273,100 @@ function renderSites(states) {
     setBadge(card.querySelector('[data-role="control"]'), st.control, "st-");
     setBadge(card.querySelector('[data-role="testapp"]'), st.testapp, "st-");
     const err = st.error_message || "";
-    card.querySelector('[data-role="error"]').textContent = err;
+    setText(card.querySelector('[data-role="error"]'), err);
     card.classList.toggle("has-error", Boolean(err) || ["error", "crash"].includes(st.control));
   }
 }
 
-// -- other cards -----------------------------------------------------------------------------
+// -- errors ----------------------------------------------------------------------------------
 
-function renderErrors() {
-  const list = $("errors");
-  const items = [];
+let errorsKey = null;  // what the list shows
+
+function drawErrors() {
+  const items = [];  // [class, label, text, site]
   const st = model.status;
-  if (st && st.error_message) {
-    items.push(el("li", { class: "master" }, el("span", { class: "lvl", text: st.state }), st.error_message));
-  }
+  if (st && st.error_message) items.push(["master", st.state, st.error_message, null]);
   for (const [site, s] of Object.entries((st && st.site_states) || {})) {
-    if (s.error_message) {
-      items.push(el("li", { class: "site", "data-site": site },
-        el("span", { class: "lvl", text: `site ${site}` }), s.error_message));
+    if (s.error_message) items.push(["site", `site ${site}`, s.error_message, site]);
+  }
+  for (const e of model.warnings) items.push([e.type, e.type, `${e.date} ${e.source}: ${e.description}`, null]);
+  const key = JSON.stringify(items);
+  if (key === errorsKey) return;
+  errorsKey = key;
+  $("errors").replaceChildren(...(items.length ? items.map(([cls, label, text, site]) => el("li", {
+    class: cls, "data-site": site ?? undefined }, el("span", { class: "lvl", text: label }), text))
+    : [el("li", { class: "none", text: "none" })]));
+}
+
+// -- yield and bins: the latest frame, drawn in place ------------------------------------------
+
+const yieldView = { key: null, cells: [], texts: [] };
+const binsView = { key: null, cells: [], texts: [] };
+
+function drawYield() {
+  const rows = model.yields;
+  const byCell = new Map();  // `${name}\0${site}` -> row
+  const names = [];
+  const present = new Set();
+  for (const r of rows) {
+    const k = `${r.name}\0${r.siteid}`;
+    if (!byCell.has(k)) byCell.set(k, r);
+    present.add(r.siteid);
+    if (!names.includes(r.name)) names.push(r.name);  // a handful of groups
+  }
+  const sites = [...model.sites, "-1"].filter((s) => present.has(s));
+  const texts = [];
+  for (const name of names) {
+    for (const s of sites) {
+      const r = byCell.get(`${name}\0${s}`);
+      texts.push(r ? `${r.count} (${fmtNumber(r.value)}%)` : "");
     }
   }
-  for (const e of model.warnings) {
-    items.push(el("li", { class: e.type },
-      el("span", { class: "lvl", text: e.type }), `${e.date} ${e.source}: ${e.description}`));
-  }
-  if (!items.length) items.push(el("li", { class: "none", text: "none" }));
-  list.replaceChildren(...items);
+  patchTable(yieldView, $("yield-table"), `${sites.join()}\n${names.join("\0")}`, texts, () => {
+    const cells = [];
+    const head = el("tr", {}, el("th", { text: "Group" }),
+      ...sites.map((s) => el("th", { class: "num", text: s === "-1" ? "Total" : `Site ${s}` })));
+    const body = names.map((name) => el("tr", { "data-group": name }, el("td", { text: name }),
+      ...sites.map((s) => {
+        const td = el("td", { class: "num", "data-site": s });
+        cells.push(td);
+        return td;
+      })));
+    return { head, rows: body, cells };
+  });
 }
 
-function renderYield(rows) {
-  const sites = [...model.sites, "-1"].filter((s) => rows.some((r) => r.siteid === s));
-  const names = [];
-  for (const r of rows) if (!names.includes(r.name)) names.push(r.name);
-  const head = el("tr", {}, el("th", { text: "Group" }),
-    ...sites.map((s) => el("th", { class: "num", text: s === "-1" ? "Total" : `Site ${s}` })));
-  const body = names.map((name) => el("tr", { "data-group": name }, el("td", { text: name }),
-    ...sites.map((s) => {
-      const r = rows.find((x) => x.siteid === s && x.name === name);
-      return el("td", { class: "num", "data-site": s,
-        text: r ? `${r.count} (${fmtNumber(r.value)}%)` : "" });
-    })));
-  const table = $("yield-table");
-  table.tHead.replaceChildren(head);
-  table.tBodies[0].replaceChildren(...body);
-}
-
-function renderBins(rows) {
-  const table = $("bin-table");
+function drawBins() {
+  const rows = model.bins;
   const sites = model.sites;
-  table.tHead.replaceChildren(el("tr", {},
-    el("th", { text: "Name" }), el("th", { class: "num", text: "SBin" }), el("th", { class: "num", text: "HBin" }),
-    el("th", { text: "Group" }), ...sites.map((s) => el("th", { class: "num", text: `Site ${s}` })),
-    el("th", { class: "num", text: "Total" })));
-  table.tBodies[0].replaceChildren(...rows.map((r) => {
-    const counts = (r.siteCounts || []).map((c) => c.count);
-    return el("tr", { "data-sbin": r.sBin }, el("td", { text: r.name }), el("td", { class: "num", text: r.sBin }),
-      el("td", { class: "num", text: r.hBin }), el("td", { text: r.type }),
-      ...counts.map((c) => el("td", { class: "num", text: c })),
-      el("td", { class: "num", text: counts.reduce((a, b) => a + b, 0) }));
-  }));
+  const counts = rows.map((r) => (r.siteCounts || []).map((c) => c.count));
+  const texts = [];
+  rows.forEach((r, i) => {
+    texts.push(str(r.name), str(r.sBin), str(r.hBin), str(r.type),
+      ...counts[i].map(str), String(counts[i].reduce((a, b) => a + b, 0)));
+  });
+  const key = `${sites.join()}\n${rows.map((r, i) => `${r.sBin}:${counts[i].length}`).join()}`;
+  patchTable(binsView, $("bin-table"), key, texts, () => {
+    const cells = [];
+    const td = (cls) => {
+      const node = el("td", { class: cls });
+      cells.push(node);
+      return node;
+    };
+    const head = el("tr", {}, el("th", { text: "Name" }), el("th", { class: "num", text: "SBin" }),
+      el("th", { class: "num", text: "HBin" }), el("th", { text: "Group" }),
+      ...sites.map((s) => el("th", { class: "num", text: `Site ${s}` })),
+      el("th", { class: "num", text: "Total" }));
+    const body = rows.map((r, i) => el("tr", { "data-sbin": r.sBin }, td(), td("num"), td("num"), td(),
+      ...counts[i].map(() => td("num")), td("num")));
+    return { head, rows: body, cells };
+  });
 }
+
+// -- recent parts: new rows on top, the oldest go ----------------------------------------------
+
+let partsTop = 0;         // the number of the newest part drawn
+let partsRedraw = true;   // the list was replaced (testresults)
 
 function addResult(records) {
   if (!Array.isArray(records)) return;
@@ -228,16 +377,34 @@ function addResult(records) {
     n: model.partCount, site: prr.SITE_NUM, id: prr.PART_ID || `${prr.X_COORD}x${prr.Y_COORD}`,
     sbin: prr.SOFT_BIN, hbin: prr.HARD_BIN, pass: ((prr.PART_FLG | 0) & 8) === 0, time: prr.TEST_T,
   });
-  model.parts.length = Math.min(model.parts.length, MAX_PARTS);
+  if (model.parts.length > MAX_PARTS) model.parts.length = MAX_PARTS;
 }
 
-function renderParts() {
-  $("parts-table").tBodies[0].replaceChildren(...model.parts.map((p) =>
-    el("tr", { class: p.pass ? "pass" : "fail" }, el("td", { text: p.n }), el("td", { text: p.site }),
-      el("td", { text: p.id }), el("td", { text: p.sbin }), el("td", { text: p.hbin }),
-      el("td", { class: "res", text: p.pass ? "PASS" : "FAIL" }),
-      el("td", { text: p.time == null ? "" : `${p.time} ms` }))));
+function partRow(p) {
+  return el("tr", { class: p.pass ? "pass" : "fail" }, el("td", { text: p.n }), el("td", { text: p.site }),
+    el("td", { text: p.id }), el("td", { text: p.sbin }), el("td", { text: p.hbin }),
+    el("td", { class: "res", text: p.pass ? "PASS" : "FAIL" }),
+    el("td", { text: p.time == null ? "" : `${p.time} ms` }));
 }
+
+function drawParts() {
+  const body = $("parts-table").tBodies[0];
+  if (partsRedraw) {
+    partsRedraw = false;
+    body.replaceChildren(...model.parts.map(partRow));
+  } else {
+    const fresh = [];
+    for (const p of model.parts) {
+      if (p.n <= partsTop) break;
+      fresh.push(p);
+    }
+    if (fresh.length) body.prepend(...fresh.map(partRow));
+    while (body.rows.length > model.parts.length) body.lastElementChild.remove();
+  }
+  partsTop = model.parts.length ? model.parts[0].n : 0;
+}
+
+// -- lot data, settings ----------------------------------------------------------------------
 
 function renderLotdata(mir) {
   const dl = $("lotdata");
@@ -260,6 +427,11 @@ function renderSettings(payload) {
   if (typeof payload.loglevel === "number") $("loglevel").value = String(payload.loglevel);
 }
 
+// -- log: new entries on top -------------------------------------------------------------------
+
+let logsFresh = [];      // entries not drawn yet, newest first
+let logsRedraw = true;   // the list was replaced or the filter changed
+
 function addLogs(entries, replace) {
   if (replace) { model.logs = []; model.warnings = []; }
   // the first push after a reconnect may repeat entries the getlogs reply already holds
@@ -269,40 +441,63 @@ function addLogs(entries, replace) {
   model.logs = [...fresh, ...model.logs].slice(0, MAX_LOGS);
   const warn = fresh.filter((e) => LEVELS[e.type.trim()] >= LEVELS.WARNING);
   model.warnings = [...warn, ...model.warnings].slice(0, MAX_ERRORS);
-  renderLogs();
-  renderErrors();
+  if (replace || logsFresh.length + fresh.length > MAX_LOGS) {
+    logsRedraw = true;
+    logsFresh = [];
+  } else if (!logsRedraw) {
+    logsFresh = [...fresh, ...logsFresh];
+  }
+  mark("logs", "errors");
 }
 
-function renderLogs() {
-  const min = LEVELS[$("logfilter").value] || 10;
-  $("logs").tBodies[0].replaceChildren(...model.logs
-    .filter((e) => (LEVELS[e.type.trim()] || 0) >= min)
-    .map((e) => el("tr", { class: e.type.trim() }, el("td", { text: e.date }), el("td", { text: e.type }),
-      el("td", { text: e.source }), el("td", { text: e.description }))));
+function logRow(e) {
+  return el("tr", { class: e.type.trim() }, el("td", { text: e.date }), el("td", { text: e.type }),
+    el("td", { text: e.source }), el("td", { text: e.description }));
 }
+
+function drawLogs() {
+  const min = LEVELS[$("logfilter").value] || 10;
+  const shown = (e) => (LEVELS[e.type.trim()] || 0) >= min;
+  const body = $("logs").tBodies[0];
+  if (logsRedraw) {
+    body.replaceChildren(...model.logs.filter(shown).map(logRow));
+  } else {
+    const fresh = logsFresh.filter(shown);
+    if (fresh.length) body.prepend(...fresh.map(logRow));
+    const want = model.logs.filter(shown).length;
+    while (body.rows.length > want) body.lastElementChild.remove();
+  }
+  logsRedraw = false;
+  logsFresh = [];
+}
+
+const DRAW_ORDER = ["sites", "status", "errors", "yield", "bins", "parts", "logs", "charts"];
+const DRAWERS = {
+  sites: buildSites, status: drawStatus, errors: drawErrors, yield: drawYield, bins: drawBins,
+  parts: drawParts, logs: drawLogs, charts: charts.render,
+};
+charts.drawIn(() => mark("charts"));
 
 // -- feed ------------------------------------------------------------------------------------
 
 const handlers = {
   connectionid: () => {},
   masterconfiguration: (p) => {
-    if (Array.isArray(p.sites) && JSON.stringify(p.sites) !== JSON.stringify(model.sites)) {
-      model.sites = p.sites.slice();
-      buildSites();
-    }
-    charts.setSites(model.sites);
+    if (Array.isArray(p.sites) && JSON.stringify(p.sites) !== JSON.stringify(model.sites)) setSites(p.sites);
+    else charts.setSites(model.sites);
   },
-  status: renderStatus,
+  status: onStatus,
   usersettings: renderSettings,
-  testresult: (records) => { addResult(records); renderParts(); charts.onResult(records); },
+  testresult: (records) => { addResult(records); charts.onResult(records); mark("parts"); },
   testresults: (list) => {
     model.parts = []; model.partCount = 0;
     for (const records of list || []) addResult(records);
-    renderParts();
+    partsRedraw = true;
     charts.onResults(list);
+    mark("parts");
   },
-  yield: (rows) => { renderYield(rows); charts.onYield(rows); },
-  bintable: (rows) => { renderBins(rows); charts.onBintable(rows); },
+  yield: (rows) => { model.yields = Array.isArray(rows) ? rows : []; charts.onYield(rows); mark("yield"); },
+  bintable: (rows) => { model.bins = Array.isArray(rows) ? rows : []; charts.onBintable(rows); mark("bins"); },
   alarm: alarms.onAlarm,
   production: (p) => charts.onProduction(p, true),
   lotdata: renderLotdata,
@@ -325,12 +520,30 @@ function send(command, fields = {}) {
   return true;
 }
 
+function onMessage(ev) {
+  const t0 = performance.now();
+  let msg;
+  try { msg = JSON.parse(ev.data); } catch (e) { console.warn("feed: not JSON", e); return; }
+  const handler = handlers[msg.type];
+  if (!handler) return;
+  try {
+    if (msg.type === "logs" && reloadLogs) { reloadLogs = false; addLogs(msg.payload, true); }
+    else handler(msg.payload);
+  } catch (e) {
+    console.error(`feed: ${msg.type} failed`, e);
+  }
+  const ms = performance.now() - t0;
+  messageMs += ms;
+  count(ui.messages, msg.type, ms, ev.data.length);
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const t = token();
   const url = `${scheme}://${location.host}/ws${t ? `?token=${encodeURIComponent(t)}` : ""}`;
   socket = new WebSocket(url);
   socket.onopen = () => {
+    ui.opens += 1;
     delay = 500;
     $("conn").textContent = "online";
     $("conn").className = "conn up";
@@ -339,19 +552,9 @@ function connect() {
     alarms.refresh();
     pollProduction();
   };
-  socket.onmessage = (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch (e) { console.warn("feed: not JSON", e); return; }
-    const handler = handlers[msg.type];
-    if (!handler) return;
-    try {
-      if (msg.type === "logs" && reloadLogs) { reloadLogs = false; addLogs(msg.payload, true); }
-      else handler(msg.payload);
-    } catch (e) {
-      console.error(`feed: ${msg.type} failed`, e);
-    }
-  };
+  socket.onmessage = onMessage;
   socket.onclose = () => {
+    ui.closes += 1;
     $("conn").textContent = "offline";
     $("conn").className = "conn down";
     setTimeout(connect, delay);
@@ -380,7 +583,7 @@ function wire() {
     send("usersettings", { payload });
   });
   $("loglevel").addEventListener("change", () => send("setloglevel", { level: parseInt($("loglevel").value, 10) }));
-  $("logfilter").addEventListener("change", renderLogs);
+  $("logfilter").addEventListener("change", () => { logsRedraw = true; mark("logs"); });
   $("btn-getlogs").addEventListener("click", () => { reloadLogs = true; send("getlogs"); });
   $("trend-window").addEventListener("change", () => charts.setWindow($("trend-window").value));
   charts.setWindow($("trend-window").value);

@@ -9,7 +9,8 @@
 //    (GET /api/v1/production is polled while no frame comes);
 //  - the SEMI E10 state timeline of the day, from production.e10_timeline.
 // Feed events only mark charts dirty; they are drawn at most RENDER_PER_SECOND times a
-// second. Every drawn element carries data-* attributes with the value it shows.
+// second, in the page's animation frames (drawIn). Every drawn element carries data-*
+// attributes with the value it shows.
 
 import { $, el, svg, fmtNumber, fmtTime, fmtDuration } from "./dom.js";
 
@@ -179,11 +180,22 @@ export function setWindow(n) {
 
 // -- scheduling ------------------------------------------------------------------------------
 
+// The page (app.js) draws the charts in its own animation frames, with everything else it
+// draws: drawIn(request) gives the function that asks it for one, which then calls
+// render().  Without one (a page of the charts alone) a timer calls render() itself.
+let requestDraw = null;
+
+export function drawIn(request) { requestDraw = request; }
+
+function due() {
+  if (requestDraw) requestDraw(); else render();
+}
+
 function mark(...kinds) {
   for (const k of kinds) st.dirty.add(k);
   if (st.timer !== null) return;
   const wait = Math.max(0, MIN_INTERVAL_MS - (Date.now() - st.last));
-  st.timer = setTimeout(render, wait);
+  st.timer = setTimeout(due, wait);
 }
 
 const RENDERERS = {
@@ -197,8 +209,13 @@ const RENDERERS = {
 const COST_FACTOR = 5;
 const cost = {};     // kind -> ms its last drawing took
 const drawnAt = {};  // kind -> Date.now() of its last drawing
+/** Per chart: {n, ms}, how often it was drawn and the milliseconds that took in all. */
+export const drawings = {};
 
-function render() {
+/** Draw the charts that changed and whose turn it is (see mark and COST_FACTOR). */
+export function render() {
+  if (st.timer === null && !st.dirty.size) return;
+  clearTimeout(st.timer);
   st.timer = null;
   st.last = Date.now();
   const started = performance.now();
@@ -210,6 +227,9 @@ function render() {
     try { RENDERERS[kind](); } catch (e) { console.error(`chart ${kind} failed`, e); }
     cost[kind] = performance.now() - t0;
     drawnAt[kind] = Date.now();
+    const d = drawings[kind] || (drawings[kind] = { n: 0, ms: 0 });
+    d.n += 1;
+    d.ms += cost[kind];
   }
   st.renders += 1;
   const box = $("charts");
@@ -217,7 +237,7 @@ function render() {
     box.dataset.renders = String(st.renders);
     box.dataset.renderMs = (performance.now() - started).toFixed(1);
   }
-  if (deferred) st.timer = setTimeout(render, MIN_INTERVAL_MS);
+  if (deferred) st.timer = setTimeout(due, MIN_INTERVAL_MS);
 }
 
 // -- drawing helpers -------------------------------------------------------------------------
