@@ -81,6 +81,8 @@ def child_main(args) -> None:
 
     if args.nice:
         os.nice(args.nice)
+    if args.idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     nsites = args.sites
     perf = time.perf_counter
     loads = json.loads
@@ -261,7 +263,11 @@ PAGE_DRAINED = """([parts]) => document.getElementById('parts').textContent === 
 PAGE_STATS = """() => ({ renders: +(document.getElementById('charts').dataset.renders || 0),
   messages: window.__bench.messages, bytes: window.__bench.bytes,
   errors: window.__bench.errors.slice(0, 5), nerrors: window.__bench.errors.length,
-  ms: performance.now() })"""
+  ms: performance.now(),
+  ui: window.ateUi ? { frames: window.ateUi.frames.n, frame_ms: window.ateUi.frames.ms,
+    frame_cost: window.ateUi.frames.cost, frame_max: window.ateUi.frames.max,
+    message_ms: Object.values(window.ateUi.messages).reduce((a, c) => a + c.ms, 0),
+    opens: window.ateUi.opens } : null })"""
 
 
 def browser_main(args) -> None:
@@ -274,6 +280,8 @@ def browser_main(args) -> None:
     the pages; EOF closes Chromium."""
     if args.nice:
         os.nice(args.nice)
+    if args.idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     from playwright.sync_api import sync_playwright
 
     url = f"http://127.0.0.1:{args.port}/"
@@ -331,6 +339,11 @@ def browser_main(args) -> None:
             browser.close()
 
 
+#: a reniced busy loop (--hogs)
+HOG = ("import os\nos.nice({nice})\nif {idle}:\n"
+       "    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n")
+
+
 def self_times(profile: dict) -> dict[str, float]:
     """A CDP ``Profiler.Profile`` as self milliseconds per function (``name file:line``;
     style, layout and paint show as ``(program)``)."""
@@ -365,11 +378,11 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def renice_tree(pid: int, nice: int) -> int:
-    """Set every thread of ``pid`` and its descendants to niceness ``nice``; the number of
-    threads that had another.  Chromium sets its own: the browser process -8, renderers 0
-    (foreground) or 5, some threads -8 (display critical), so the niceness its launcher
-    inherited does not stick."""
+def renice_tree(pid: int, nice: int, idle: bool = False) -> int:
+    """Set every thread of ``pid`` and its descendants to niceness ``nice`` (and with
+    ``idle`` the SCHED_IDLE policy); the number of threads that had another.  Chromium
+    sets its own niceness: the browser process -8, renderers 0 (foreground) or 5, some
+    threads -8 (display critical), so the niceness its launcher inherited does not stick."""
     changed = 0
     for p in tree_pids(pid):
         try:
@@ -378,9 +391,14 @@ def renice_tree(pid: int, nice: int) -> int:
             continue
         for tid in tids:
             try:
+                other = False
+                if idle and os.sched_getscheduler(tid) != os.SCHED_IDLE:
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                    other = True
                 if os.getpriority(os.PRIO_PROCESS, tid) != nice:
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
-                    changed += 1
+                    other = True
+                changed += other
             except OSError:
                 pass  # the thread ended meanwhile
     return changed
@@ -444,6 +462,13 @@ async def bench(args) -> None:
                 self.ready.errback(RuntimeError(f"client process ended: {self.out[-500:]!r}"))
             self.ended.callback(None)
 
+    class Hog(protocol.ProcessProtocol):
+        def __init__(self) -> None:
+            self.ended: defer.Deferred = defer.Deferred()
+
+        def processEnded(self, reason) -> None:
+            self.ended.callback(None)
+
     class Browsers(protocol.ProcessProtocol):
         """The browser child: one answer line per command (``launched``, ``ready``,
         ``done <json>``)."""
@@ -478,7 +503,8 @@ async def bench(args) -> None:
     n = args.sites
     label = " + ".join(x for x in (
         f"{args.browsers} page{'s' if args.browsers > 1 else ''}" if args.browsers else "",
-        f"{args.clients} clients" if args.clients else "") if x)
+        f"{args.clients} clients" if args.clients else "",
+        f"{args.hogs} busy loop{'s' if args.hogs > 1 else ''}" if args.hogs else "") if x)
     broker = Mosquitto()
     broker.start()
     workdir = tempfile.mkdtemp(prefix="ate-bench-feed-")
@@ -487,6 +513,8 @@ async def bench(args) -> None:
     browser_cpu = 0.0                    # its CPU seconds (Chromium, driver) over on cycles
     page_stats: list[dict] = []          # per page and block, from the page
     loads = [os.getloadavg()]
+    hogs: list = []                      # the running busy loops: (protocol, transport)
+    hog_cpu = 0.0                        # the busy loops' CPU seconds over their blocks
     reniced = unniced = 0                # Chromium threads reniced before / after blocks
     blocks: list[tuple[bool, list[float]]] = []  # (on, its cycle seconds) in run order
     cyc = {False: [], True: []}          # handler cycle seconds per mode
@@ -544,12 +572,13 @@ async def bench(args) -> None:
                 browsers, sys.executable,
                 [sys.executable, os.path.abspath(__file__), "--browser-child", "--port",
                  str(port), "--browsers", str(args.browsers), "--sites", str(n), "--nice",
-                 str(args.nice)] + (["--page-profile"] if args.page_profile else []),
+                 str(args.nice)] + (["--page-profile"] if args.page_profile else [])
+                + (["--idle"] if args.idle else []),
                 env=dict(os.environ), path=workdir)
             if await launched != "launched":
                 raise RuntimeError("the browser child did not launch Chromium")
-            if args.nice:
-                reniced += renice_tree(bt.pid, args.nice)  # idle in the "off" blocks too
+            if args.nice or args.idle:
+                reniced += renice_tree(bt.pid, args.nice, args.idle)  # idle in "off" blocks too
 
         for _ in range(args.warmup):
             await cycle()
@@ -572,16 +601,22 @@ async def bench(args) -> None:
                     child, sys.executable,
                     [sys.executable, os.path.abspath(__file__), "--child", "--port", str(port),
                      "--clients", str(args.clients), "--sites", str(n), "--nice",
-                     str(args.nice), "--out", out],
+                     str(args.nice), "--out", out] + (["--idle"] if args.idle else []),
                     env=dict(os.environ), path=workdir)
                 child.ready.addTimeout(60, reactor)
                 await child.ready
-            if on and bt is not None and args.nice:
-                reniced += renice_tree(bt.pid, args.nice)
+            for _ in range(args.hogs if on else 0):
+                hog = Hog()
+                hogs.append((hog, reactor.spawnProcess(
+                    hog, sys.executable,
+                    [sys.executable, "-c", HOG.format(nice=args.nice, idle=args.idle)],
+                    env=dict(os.environ), path=workdir)))
+            if on and bt is not None and (args.nice or args.idle):
+                reniced += renice_tree(bt.pid, args.nice, args.idle)
             for _ in range(args.settle):
                 await cycle()
-            if on and bt is not None and args.nice:
-                reniced += renice_tree(bt.pid, args.nice)  # threads started meanwhile
+            if on and bt is not None and (args.nice or args.idle):
+                reniced += renice_tree(bt.pid, args.nice, args.idle)  # threads started meanwhile
             k0 = state["k"]
             cpu0 = cpu_seconds(pid)
             bcpu0 = tree_cpu(bt.pid) if on and bt is not None else 0.0
@@ -590,11 +625,16 @@ async def bench(args) -> None:
             cpu[on] += cpu_seconds(pid) - cpu0
             if on and bt is not None:
                 browser_cpu += tree_cpu(bt.pid) - bcpu0
-                if args.nice:
-                    unniced += renice_tree(bt.pid, args.nice)  # Chromium's own since then
+                if args.nice or args.idle:  # what Chromium set since then
+                    unniced += renice_tree(bt.pid, args.nice, args.idle)
             k1 = state["k"]
             loads.append(os.getloadavg())
             handler.received.clear()
+            while hogs:
+                hog, ht = hogs.pop()
+                hog_cpu += tree_cpu(ht.pid)
+                ht.signalProcess("KILL")
+                await hog.ended
             if on and args.browsers:
                 drained = browsers.answer(180)
                 bt.write(f"drain {k1 - 1}\n".encode())
@@ -637,6 +677,8 @@ async def bench(args) -> None:
                   f"p50 {statistics.median(cyc[on][-per_block:]) * 1e3:.3f} ms, "
                   f"load {loads[-1][0]:.2f}", flush=True)
     finally:
+        for _hog, ht in hogs:
+            ht.signalProcess("KILL")
         if bt is not None:
             bt.closeStdin()              # the child closes Chromium and ends
             browsers.ended.addTimeout(30, reactor)
@@ -674,9 +716,14 @@ async def bench(args) -> None:
                      "UI (/, charts drawn) in one browser child")
     if args.clients:
         where.append(f"{args.clients} websocket clients in a child process")
+    if args.hogs:
+        where.append(f"{args.hogs} busy loop process{'es' if args.hogs > 1 else ''} "
+                     f"(a control: CPU competition alone, no feed client; "
+                     f"{hog_cpu / max(1, len(on)) * 1e3:.3f} ms CPU per on cycle)")
     print()
     print(f"{n} sites, T = 0, pace {args.pace or 'none'}, {len(off)} cycles each way in "
-          f"{args.blocks * 2} alternating blocks; {' and '.join(where)} (nice {args.nice}); "
+          f"{args.blocks * 2} alternating blocks; {' and '.join(where)} (nice {args.nice}"
+          f"{', SCHED_IDLE' if args.idle else ''}); "
           f"load average {loads[0][0]:.2f} at the start, "
           f"{statistics.mean(x[0] for x in loads[1:]):.2f} mean after the blocks, "
           f"{os.cpu_count()} CPUs")
@@ -721,6 +768,16 @@ async def bench(args) -> None:
               f"{browser_cpu / max(1, len(on)) * 1e3:.3f} ms/cycle over the measured cycles; "
               f"threads Chromium had set to another niceness: {reniced} reniced to "
               f"{args.nice} before the measured cycles, {unniced} found after them")
+        uis = [x["ui"] for x in page_stats if x.get("ui")]
+        if uis:  # what the page measured itself (window.ateUi), over its whole life
+            life = sum(x["ms"] for x in page_stats if x.get("ui")) / 1e3
+            print(f"the pages' own figures (window.ateUi, over each page's life, "
+                  f"{life / len(uis):.1f} s a page): {sum(u['frames'] for u in uis) / life:.2f} "
+                  f"frames/s, feed messages {sum(u['message_ms'] for u in uis) / life:.2f} "
+                  f"ms/s, drawing {sum(u['frame_ms'] for u in uis) / life:.2f} ms/s, frames with "
+                  f"style, layout and paint {sum(u['frame_cost'] for u in uis) / life:.2f} "
+                  f"ms/s, longest frame {max(u['frame_max'] for u in uis):.1f} ms, "
+                  f"{sum(u['opens'] for u in uis) - len(uis)} reconnects")
         profile: dict[str, float] = {}
         for x in page_stats:
             for name, ms in x.get("profile", {}).items():
@@ -750,7 +807,8 @@ def parse(argv=None):
     p.add_argument("--sites", type=int, default=16)
     p.add_argument("--cycles", type=int, default=1000, help="measured cycles per mode")
     p.add_argument("--clients", type=int, default=None,
-                   help="websocket clients in the 'on' blocks (default 50, 0 with --browsers)")
+                   help="websocket clients in the 'on' blocks (default 50, 0 with --browsers "
+                   "or --hogs)")
     p.add_argument("--browsers", type=int, default=0,
                    help="headless Chromium pages of the UI's root page (the charts) in the "
                    "'on' blocks, in one reniced browser process (" + CHROMIUM + ")")
@@ -762,6 +820,12 @@ def parse(argv=None):
                    help="seconds from one next to the next (0: back to back, T = 0 lot)")
     p.add_argument("--nice", type=int, default=19,
                    help="niceness of the client and browser processes")
+    p.add_argument("--idle", action="store_true",
+                   help="run the client, browser and busy-loop processes with the SCHED_IDLE "
+                   "policy as well: they get a CPU only when nothing else wants one")
+    p.add_argument("--hogs", type=int, default=0,
+                   help="busy-loop processes (reniced) in the 'on' blocks: a control for "
+                   "what CPU competition alone costs the handler cycle")
     p.add_argument("--page-profile", action="store_true",
                    help="with --browsers: sample the first page's JavaScript (CDP Profiler) "
                    "during the measured cycles and print where its time went")
@@ -771,15 +835,16 @@ def parse(argv=None):
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.clients is None:
-        args.clients = 0 if args.browsers else 50
+        args.clients = 0 if args.browsers or args.hogs else 50
     for name in ("sites", "cycles", "blocks"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("clients", "browsers", "warmup", "settle"):
+    for name in ("clients", "browsers", "hogs", "warmup", "settle"):
         if getattr(args, name) < 0:
             p.error(f"--{name} must not be negative, got {getattr(args, name)}")
-    if not (args.child or args.browser_child) and args.clients + args.browsers == 0:
-        p.error("nothing in the 'on' blocks: give --clients or --browsers a positive number")
+    if not (args.child or args.browser_child) and args.clients + args.browsers + args.hogs == 0:
+        p.error("nothing in the 'on' blocks: give --clients, --browsers or --hogs a positive "
+                "number")
     if args.browsers and not os.path.exists(CHROMIUM):
         p.error(f"--browsers needs Chromium at {CHROMIUM} (apt-get install chromium)")
     return args
