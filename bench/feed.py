@@ -3,7 +3,8 @@
 or with the operator UI's charts page open in Chromium (``--browsers N``).
 
     python bench/feed.py [--sites 16] [--cycles 1000] [--clients 50] [--blocks 4] [--nice 19]
-    python bench/feed.py --pace 0.05 --browsers 1 [--clients 0]
+    python bench/feed.py --pace 0.05 --browsers 1 [--clients 0] [--page-profile]
+    python bench/feed.py --pace 0.05 --hogs 1        # the control: a busy loop, no client
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1 and one ``twistd -n ate-master`` with
 its web UI on a free loopback port (``spawn_master`` from bench/cycle.py).  This process runs
@@ -46,7 +47,14 @@ the settle cycles and again before the measured ones, and reports how many Chrom
 set otherwise.  Reported for the pages: feed messages counted in the page, chart drawings
 a second, page errors and the browser tree's CPU per measured cycle (from /proc).  The
 page's own receipt times are not compared (no shared clock), so there is no latency table
-for pages.
+for pages; the page's own ``window.ateUi`` figures (frames, drawing, style/layout/paint) are
+printed when the UI has them, and ``--page-profile`` samples the first page's JavaScript.
+
+Two controls tell the master's share from the machine's: ``--clients 1`` (one bare
+websocket client: the master does the same feed work as for one page, the client next to
+none) and ``--hogs 1`` (a reniced busy loop, no feed client at all: what CPU competition
+alone costs the cycle on this machine).  ``--idle`` puts the client, browser and busy-loop
+processes in SCHED_IDLE as well as renicing them.
 """
 
 from __future__ import annotations
