@@ -278,7 +278,7 @@ class Feed:
         # Measured with bench/feed.py.
         self.coalesce = coalesce
         self.flush_delay = flush_delay
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | tuple[str, Any]] = []  # frames, or (kind, payload) to encode
         self._flush_call: Any = None
         self.factory = WebSocketServerFactory()
         self.factory.protocol = self._protocol_class()
@@ -391,11 +391,13 @@ class Feed:
         """Encode ``{"type": kind, "payload": payload}`` once and send it to every client."""
         if not self.clients:
             return
-        prepared = self.factory.prepareMessage(strict_json(_message(kind, payload)))
         if self.coalesce:
-            self._outbox.append(prepared.payloadHybi)
+            # encoded at the flush, off the handler's path (a testresult comes before the
+            # master's next response; bench/feed.py: about 20 us a frame)
+            self._outbox.append((kind, payload))
             self._schedule_flush()
             return
+        prepared = self.factory.prepareMessage(strict_json(_message(kind, payload)))
         for client in list(self.clients):
             try:
                 client.send_prepared(prepared)
@@ -422,9 +424,12 @@ class Feed:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()  # scheduled again by the batch above
         self._flush_call = None
-        frames, self._outbox = self._outbox, []
-        if not frames:
+        queued, self._outbox = self._outbox, []
+        if not queued:
             return
+        frames = [f if isinstance(f, bytes) else
+                  self.factory.prepareMessage(strict_json(_message(*f))).payloadHybi
+                  for f in queued]
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         for client in list(self.clients):
             try:

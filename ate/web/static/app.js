@@ -61,6 +61,10 @@ function count(table, kind, ms, bytes = 0) {
 // however slow the machine.
 
 const FRAME_COST_FACTOR = 3;
+// ms: at most 4 drawings a second, whatever comes in.  Each drawing costs the browser its
+// style, layout and paint; on a cell controller that also runs the master, a page drawing
+// every animation frame took the cores from the handler cycle (bench/feed.py --browsers)
+const MIN_FRAME_INTERVAL = 250;
 const MAX_FRAME_WAIT = 1000;  // ms: a stall never delays the page longer than this
 const dirty = new Set();
 let framePending = false;
@@ -78,7 +82,8 @@ function mark(...kinds) {
   for (const k of kinds) dirty.add(k);
   if (framePending) return;
   framePending = true;
-  const wait = Math.min(frameStart + FRAME_COST_FACTOR * frameCost - performance.now(), MAX_FRAME_WAIT);
+  const wait = Math.min(frameStart + Math.max(MIN_FRAME_INTERVAL, FRAME_COST_FACTOR * frameCost)
+    - performance.now(), MAX_FRAME_WAIT);
   if (wait > 1) setTimeout(() => requestAnimationFrame(draw), wait);
   else requestAnimationFrame(draw);
 }
