@@ -152,8 +152,13 @@ def _track(
 
 
 def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: str) -> bool:
-    """Apply the resend rule (module docstring) to ``state`` reported by ``device``.
-    Returns True when the command was resent (the report is then not a completion)."""
+    """Apply the resend rule (module docstring of :mod:`ate.handler.machine`) to ``state``
+    reported by ``device``, on ``Master/status`` or (``how == "get-state"``) in the answer
+    to a ``get-state`` asked after the command.  A status showing the state the command was
+    sent in may be older than the command, so it only makes the handler ask ``get-state``;
+    the answer, given after every command sent before it, decides the resend.  Returns True
+    when the report was not taken for a completion (the master was asked, or sent the
+    command again)."""
     work = core.work
     rule = _RESEND_RULES.get(work.kind or "")
     if rule is None or rule[0] != here or device not in work.commands \
@@ -171,7 +176,15 @@ def _resend_if_lost(core: HandlerCore, here: str, device: str, state: str, how: 
                  "{kind}; the {timeout:g} s timeout decides", device=device, state=state,
                  how=how, count=count, kind=work.kind, timeout=work.timeout)
         return False
+    if how != "get-state":
+        log.info("master {device} reports {state} ({how}) while {kind} is pending, maybe "
+                 "from before the command: asking get-state", device=device, state=state,
+                 how=how, kind=work.kind)
+        work.probing.add(device)
+        core.bus.command(device, GetState())
+        return True
     work.resends[device] = count + 1
+    work.probing.discard(device)  # answers to earlier questions are older than the resend
     log.info("master {device} reports {state} ({how}) and has not got {kind}: resending it "
              "(lost with the broker connection)", device=device, state=state, how=how,
              kind=work.kind)

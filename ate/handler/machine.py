@@ -48,22 +48,28 @@ Several masters (ate-handler's rules)
   handler to the state before the command and is passed on to the line.
   Masters that had accepted the same command keep their new state.
 
-Resend after a broker loss (README "Broker loss")
--------------------------------------------------
+Resend after a broker loss (README "Broker loss", protocol.md 13.2)
+-------------------------------------------------------------------
 Commands go out with QoS 0, so a broker loss can swallow a ``load``, ``next``
 or ``unload``. A master *has* the pending command once it reports the state the
-command leads to (``loading``, ``testing``, ``unloading``) or answers it; it has
-*not* got it when, before that, it reports the state the command was sent in
-(``initialized`` for load, ``ready`` for next and unload), on ``Master/status``
-or in the answer to the ``get-state`` the handler sends to every such master
-after its own reconnect. Only then is the command resent to that master (at
-most ``MAX_RESENDS`` times; the command's timeout still decides). A master
-publishes its states in order and a part's ``next`` response before its
-``ready``, so a master that did get the command is never sent it twice; the
-one exception (the master finished the whole command while the handler was
-away, and its answer was lost with the handler's clean session) is in the
-README. ate-master also ignores a ``next`` identical to the one of the part
-under test, so a resend that crosses a late ``testing`` starts nothing.
+command leads to (``loading``, ``testing``, ``unloading``) or answers it. A
+``Master/status`` with the state the command was sent in (``initialized`` for
+load, ``ready`` for next and unload) proves nothing: the master may have
+published it before the command reached it (its answer to the handler's own
+``connecting`` at start-up, a re-publish after its reconnect or when a hold
+starts or ends), and it can arrive after the command was sent. On such a status
+the handler asks that master ``get-state``; a master gets its commands in order
+on ``~/Master/cmd``, so it answers after the command, and only an answer that
+still shows the state the command was sent in means it has *not* got it. After
+its own reconnect the handler asks the same of every master that has not shown
+it has the command. Only then is the command resent to that master (at most
+``MAX_RESENDS`` times; the command's timeout still decides). A refusal comes
+before that answer and ends the command, so a refused command is never resent,
+and a master that got the command is not sent it again; the one exception (the
+master finished the whole command while the handler was away, and its answer
+was lost with the handler's clean session) is in the README. ate-master also
+ignores a ``next`` identical to the one of the part under test, so a resend that
+crosses a late ``testing`` starts nothing.
 """
 
 from __future__ import annotations

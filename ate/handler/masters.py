@@ -319,7 +319,9 @@ class Work:
 
     ``commands`` is what was sent to each master (for a resend); ``confirmed`` the
     masters that showed they have the command; ``probing`` the masters asked
-    ``get-state`` after a reconnect; ``resends`` how often it was resent to each.
+    ``get-state`` (after the handler's reconnect, or after a status that may be older
+    than the command) since the last copy sent to them; ``resends`` how often it was
+    resent to each.
     """
 
     def __init__(self) -> None:

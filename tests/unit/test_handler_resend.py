@@ -52,7 +52,9 @@ def test_lost_next_is_resent_when_the_master_reports_ready_again():
     ctl, clock, bus, line = testing()
     [(_, _, first)] = bus.commands("next")
     with capturedLogs() as logged:
-        ctl.master_status(A, "ready")  # re-published after its reconnect: never got it
+        ctl.master_status(A, "ready")  # re-published after its reconnect, maybe before the next
+        assert [c[1] for c in bus.commands()] == ["next", "get-state"]
+        ctl.master_response(A, get_state("ready"))  # answered after the next: never got it
     assert bus.commands("next") == [(A, "next", first)] * 2
     assert len(resent(logged)) == 1 and resent(logged)[0]["log_level"] == LogLevel.info
     assert warnings(logged) == []
@@ -136,7 +138,9 @@ def test_resends_are_bounded_then_the_timeout_decides():
     ctl, clock, bus, line = testing()
     for _ in range(MAX_RESENDS + 2):
         ctl.master_status(A, "ready")
+        ctl.master_response(A, get_state("ready"))
     assert len(bus.commands("next")) == 1 + MAX_RESENDS
+    assert len(bus.commands("get-state")) == MAX_RESENDS  # then the timeout decides
     clock.advance(40)
     assert ctl.status().state == "error"
     assert line.lines[-1].startswith("TS|-1|next timeout")
@@ -147,7 +151,8 @@ def test_lost_load_and_unload_are_resent():
     ctl.mqtt_connected()
     ctl.master_status(A, "initialized")
     ctl.line_request(lp.LoadLot("306426.001", "HS2C", "25"))
-    ctl.master_status(A, "initialized")  # re-published: it never got the load
+    ctl.master_status(A, "initialized")  # re-published, maybe before the load
+    ctl.master_response(A, get_state("initialized"))  # answered after it: never got it
     assert [c[1] for c in bus.commands() if c[1] == "load"] == ["load", "load"]
     ctl.master_status(A, "loading")
     ctl.master_status(A, "ready")
