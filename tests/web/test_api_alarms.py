@@ -53,5 +53,6 @@ def test_release_needs_the_token_off_loopback(logbuffer, fakes):
 def test_production_figures(client, cell):
     code, body = client.json("GET", "/api/v1/production")
     assert code == 200
-    assert set(body) == {"since_start", "lot", "e10_state", "e10_timeline"}
+    assert set(body) == {"since_start", "lot", "e10_state", "e10_timeline", "recent_cycles",
+                         "now"}
     assert body["lot"] is None and body["since_start"]["parts"] == 0
