@@ -16,6 +16,7 @@ import pytest
 
 from ate.protocol.errors import ProtocolError
 from ate.protocol.messages import MAX_JSON_DEPTH, Codec, json_too_deep
+from ate.protocol.reading import _loads
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cellharness import DEVICE, Harness, result_payload  # noqa: E402
@@ -101,3 +102,28 @@ def test_router_refuses_a_deep_test_result(tmp_path):
     h.mqtt("TestApp/testresult/site0", payload)
     assert h.cell.metrics.protocol_errors.get("not-json") == 1
     assert h.cell.lot.parts_tested == 0
+
+
+def _loads_refuses(text: str) -> bool:
+    try:
+        _loads("t", text.encode())
+    except ProtocolError as e:
+        assert e.kind == "not-json"
+        return "nested deeper" in str(e)
+    return False
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1])
+def test_the_bracket_count_never_skips_a_payload_that_is_too_deep(levels):
+    """The codec walks the decoded value only when the text has more than MAX_JSON_DEPTH
+    opening brackets; the verdict is the walk's, for every shape near the limit."""
+    shapes = [
+        {"k": nested(levels)},                                   # one deep branch
+        {"wide": [[] for _ in range(100)], "k": nested(levels)},  # many shallow brackets too
+        {"s": "[{" * 200, "k": nested(levels)},                   # brackets in a string
+        {"k": nested(levels), "pad": "x" * 300},
+    ]
+    for obj in shapes:
+        assert _loads_refuses(json.dumps(obj)) == json_too_deep(obj), obj
+    # many brackets, all shallow: the walk runs and accepts it
+    assert not _loads_refuses(json.dumps({"rows": [[i, {"v": [i]}] for i in range(200)]}))
