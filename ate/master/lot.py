@@ -68,6 +68,8 @@ class _RunningStats:
 
 
 def _bin_value(value: Any, what: str, site: str) -> int:
+    if type(value) is int and 0 <= value <= 65535:
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError(f"site {site}: PRR {what} must be an integer 0..65535, "
                          f"got {value!r}")
@@ -76,7 +78,7 @@ def _bin_value(value: Any, what: str, site: str) -> int:
 
 def _record_type(record: Any) -> Any:
     """``type`` if it is a string, else ``rec_id`` (as the protocol codec reads it)."""
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):  # dict: no ABC check
         return None
     name = record.get("type")
     return name if type(name) is str else record.get("rec_id")
@@ -162,7 +164,9 @@ class Lot:
         site = str(site)
         if site not in self._site_set:
             raise ValueError(f"site {site!r} is not configured")
-        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+        if type(records) is not tuple and type(records) is not list and (
+                isinstance(records, (str, bytes, Mapping))
+                or not isinstance(records, Sequence)):
             raise ValueError(f"site {site}: a result must be a list of records")
         prrs = [r for r in records if _record_type(r) == "PRR"]
         if len(prrs) != 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
+from types import MappingProxyType
 
 import pytest
 
@@ -169,6 +171,33 @@ def test_bad_results_raise_and_count_nothing(lot: Lot, site, records, message) -
     with pytest.raises(ValueError, match=message):
         lot.add_result(site, records)
     assert lot.parts_tested == 0 and lot.yields() == []
+
+
+def test_records_of_any_sequence_and_mapping_type_count_as_lists_of_dicts(lot: Lot) -> None:
+    """The fast paths for lists, tuples and dicts take nothing else away: a tuple or
+    another Sequence of records, and records that are other Mappings, count the same."""
+    class Records(Sequence):
+        def __init__(self, items):
+            self.items = list(items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+        def __len__(self):
+            return len(self.items)
+
+    as_list = lot.add_result("0", result("0", 12, "a"))
+    as_tuple = lot.add_result("1", tuple(result("1", 12, "b")))
+    as_proxies = lot.add_result("2", Records(MappingProxyType(r) for r in result("2", 12, "c")))
+    for out, site in ((as_list, "0"), (as_tuple, "1"), (as_proxies, "2")):
+        assert (out.site, out.soft_bin, out.hard_bin, out.passed) == (site, 12, 5, False)
+    two_prrs = [MappingProxyType(r) for r in result("3", 1) + result("3", 1)[2:]]
+    with pytest.raises(ValueError, match="exactly one PRR, found 2"):
+        lot.add_result("3", tuple(two_prrs))
+    for records in (b"PRR", {"type": "PRR"}, 7):
+        with pytest.raises(ValueError, match="list of records"):
+            lot.add_result("3", records)
+    assert lot.parts_tested == 3
 
 
 @pytest.mark.parametrize("sbin", [None, "12", -1, 70000, 1.5, True])
