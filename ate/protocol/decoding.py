@@ -70,6 +70,9 @@ _TESTAPP_SITE_SUBTOPICS = ("status", "testresult", "testsummary",
 _CONTROL_SITE_SUBTOPICS = ("status", "log")
 # Known TestApp sub-topics; any other one is ignored (3.8 last row).
 _TESTAPP_KNOWN = frozenset(_TESTAPP_SITE_SUBTOPICS + ("cmd", "io-control"))
+# The TestApp status memo: payloads up to this size, at most this many (then it starts over)
+_MEMO_PAYLOAD = 512
+_MEMO_ENTRIES = 4096
 
 
 def _ignore(topic: str, site: str | None, payload: bytes) -> None:
@@ -89,6 +92,7 @@ class Decoding:
     _prefix: str
     _fixed: dict[str, tuple[_Decoder, str | None]]
     _cmd_decoders: dict[str, Callable[[_Ctx, dict], Message]]
+    _status_memo: dict[tuple[str, bytes], TestAppStatus]
 
     # ------------------------------------------------------------------ decode
     def decode(self, topic: str, payload: bytes) -> Message | None:
@@ -396,6 +400,21 @@ class Decoding:
         return ControlStatus(site, state, message, 1)
 
     def _dec_testapp_status(self, topic: str, site: str, payload: bytes) -> TestAppStatus:
+        # A TestApp publishes the same few payloads over and over (testing, idle: two per
+        # part and site): a repeat decodes to the same immutable message, kept here
+        if type(payload) is not bytes or len(payload) > _MEMO_PAYLOAD:
+            return self._testapp_status(topic, site, payload)
+        memo = self._status_memo
+        key = (site, payload)
+        msg = memo.get(key)
+        if msg is None:
+            msg = self._testapp_status(topic, site, payload)  # raises for a bad one
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = msg
+        return msg
+
+    def _testapp_status(self, topic: str, site: str, payload: bytes) -> TestAppStatus:
         obj = _loads(topic, payload, site)
         top = obj.get("state")
         if top == "crash":

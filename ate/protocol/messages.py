@@ -173,6 +173,7 @@ class Codec(Decoding, Encoding):
             fixed[t.testapp_io_request(s)] = (self._dec_io_request, s)
             self._site_topics[s] = self._make_site_topics(s)
         self._fixed = fixed
+        self._status_memo = {}  # (site, payload) -> TestAppStatus, see _dec_testapp_status
 
         self._cmd_decoders: dict[str, Callable[[_Ctx, dict], Message]] = {
             "load": self._dec_load,
