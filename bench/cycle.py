@@ -4,6 +4,7 @@
     python bench/cycle.py [--sites 1,4,16,64,128,255] [--cycles 2000] [--rss-parts 100000]
                           [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
                           [--max-inflight N] [--link twisted|paho|twisted-mqtt] [--alarms 7]
+                          [--tree DIR] [--repeat N]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
@@ -25,6 +26,12 @@ the floor relay keeps its own).  Both targets run on the same broker settings.
 ``twisted-mqtt`` (the PyPI package through bench/twisted_mqtt_link.py; run this script
 with a Python that has it installed).  The simulated sites and the handler keep the
 default link, so only the master's link changes between runs.
+
+``--tree DIR`` also runs the master of another source tree (e.g. ``git worktree add
+/tmp/base HEAD~1``) in the same run, right next to this tree's master, so that a change is
+measured A/B on the same loaded machine; ``--repeat N`` runs every site count N times,
+with the two masters in alternating order, and the tables give the median of the N runs
+with their spread (min-max).
 """
 
 from __future__ import annotations
@@ -100,7 +107,7 @@ def spawn_floor(broker: Mosquitto, n: int):
 
 
 def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | None = None,
-                 link: str = DEFAULT_LINK):
+                 link: str = DEFAULT_LINK, root: str = ROOT):
     jobs = os.path.join(workdir, "jobs")
     os.makedirs(jobs, exist_ok=True)
     shutil.copy(FIXTURE, os.path.join(jobs, "le306426001.xml"))
@@ -120,7 +127,7 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
         json.dump(cfg, f)
     pp = _Proc()
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT
+    env["PYTHONPATH"] = root
     boot = "from twisted.scripts.twistd import run; run()"
     if link == "twisted-mqtt":  # the master's MqttService on bench/twisted_mqtt_link.py
         boot = (f"import sys; sys.path.insert(0, {HERE!r}); import twisted_mqtt_link; "
@@ -137,7 +144,7 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
 
 async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir: str,
                      rss_marks: tuple[int, ...] = (), master_extra: dict | None = None,
-                     link: str = DEFAULT_LINK) -> dict:
+                     link: str = DEFAULT_LINK, root: str = ROOT) -> dict:
     sim_cfg = sim_config_from_dict({
         "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
         "sites": [str(i) for i in range(n)], "test_time": 0.0, "ptr_count": 5,
@@ -150,7 +157,7 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
     await sim.mqtt.whenConnected()
     up = handler.wait_state("initialized", 60)
     pp, transport = (spawn_floor(broker, n) if kind == "floor"
-                     else spawn_master(broker, n, workdir, master_extra, link))
+                     else spawn_master(broker, n, workdir, master_extra, link, root))
     pid = transport.pid
     result: dict = {"kind": kind, "sites": n}
     try:
@@ -224,39 +231,66 @@ async def main(args) -> None:
           f"{''.join(f', {k} {v}' for k, v in master_extra.items())}", flush=True)
     workdir = tempfile.mkdtemp(prefix="ate-bench-")
     rows = []
+    loads = []
     try:
         for n in args.sites:
             cycles = max(50, args.cycles // max(1, n // 4))
-            for kind in ("floor", "master") + (("alarms",) if args.alarms else ()):
-                marks = tuple(args.rss_parts) if (kind == "master" and n == 4) else ()
-                if kind == "floor" and n == 4 and args.rss_floor:
-                    marks = tuple(args.rss_parts)
-                extra_cfg = master_extra
-                if kind == "alarms":  # the same master with the rules configured
-                    extra_cfg = {**master_extra, "alarms": BENCH_ALARMS[:args.alarms]}
-                r = await run_target("floor" if kind == "floor" else "master", broker, n,
-                                     cycles, workdir, marks, extra_cfg, args.link)
-                r["kind"] = kind
-                rows.append(r)
-                print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-                      f"{r['parts_s']:.0f} parts/s  cpu {r['cpu_ms']:.3f} ms/cycle  "
-                      f"rss {', '.join(f'{k}:{v:.1f}MB' for k, v in r['rss'].items())}",
-                      flush=True)
+            for rep in range(args.repeat):
+                masters: tuple[str, ...] = ("master", "tree") if args.tree else ("master",)
+                if rep % 2:  # alternate which master goes first
+                    masters = masters[::-1]
+                for kind in ("floor", *masters) + (("alarms",) if args.alarms else ()):
+                    marks: tuple[int, ...] = ()
+                    if rep == 0 and n == 4 and (kind in ("master", "tree") or
+                                                (kind == "floor" and args.rss_floor)):
+                        marks = tuple(args.rss_parts)
+                    extra_cfg = master_extra
+                    if kind == "alarms":  # the same master with the rules configured
+                        extra_cfg = {**master_extra, "alarms": BENCH_ALARMS[:args.alarms]}
+                    root = os.path.abspath(args.tree) if kind == "tree" else ROOT
+                    r = await run_target("floor" if kind == "floor" else "master", broker, n,
+                                         cycles, workdir, marks, extra_cfg, args.link, root)
+                    r["kind"] = kind
+                    r["load"] = os.getloadavg()[0]
+                    loads.append(r["load"])
+                    rows.append(r)
+                    print(f"  {kind:6s} {n:3d} sites: p50 {r['p50']:.3f} ms  "
+                          f"p99 {r['p99']:.3f} ms  {r['parts_s']:.0f} parts/s  "
+                          f"cpu {r['cpu_ms']:.3f} ms/cycle  "
+                          f"rss {', '.join(f'{k}:{v:.1f}MB' for k, v in r['rss'].items())}  "
+                          f"load {r['load']:.1f}", flush=True)
     finally:
         broker.stop()
         broker.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
+    by = _medians(rows)
+    print()
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} runs; ", end="")
+    print(f"load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f}")
     print()
     print("| sites | floor p50 | master p50 | ratio | floor p99 | master p99 | ratio | "
           "floor parts/s | master parts/s | floor CPU ms | master CPU ms | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    by = {(r["kind"], r["sites"]): r for r in rows}
     for n in args.sites:
         f, m = by[("floor", n)], by[("master", n)]
         print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
               f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
               f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
               f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+    if args.tree:
+        print()
+        print(f"tree: {os.path.abspath(args.tree)} (spread: min-max of the runs)")
+        print()
+        print("| sites | floor p50 | tree p50 | master p50 | tree/floor | master/floor | "
+              "master/tree | tree CPU ms | master CPU ms | master/tree CPU |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n in args.sites:
+            f, t, m = by[("floor", n)], by[("tree", n)], by[("master", n)]
+            print(f"| {n} | {f['p50']:.3f} | {_spread(t, 'p50')} | {_spread(m, 'p50')} | "
+                  f"{t['p50'] / f['p50']:.2f}x | {m['p50'] / f['p50']:.2f}x | "
+                  f"{m['p50'] / t['p50']:.2f}x | {_spread(t, 'cpu_ms')} | "
+                  f"{_spread(m, 'cpu_ms')} | {m['cpu_ms'] / t['cpu_ms']:.2f}x |")
     if args.alarms:
         print()
         print(f"| sites | master p50 | with {args.alarms} alarm rules p50 | ratio | "
@@ -266,13 +300,36 @@ async def main(args) -> None:
             m, a = by[("master", n)], by[("alarms", n)]
             print(f"| {n} | {m['p50']:.3f} | {a['p50']:.3f} | {a['p50'] / m['p50']:.3f}x | "
                   f"{m['cpu_ms']:.3f} | {a['cpu_ms']:.3f} | {a['cpu_ms'] / m['cpu_ms']:.3f}x |")
-    m4 = by.get(("master", 4))
-    if m4 and len(m4["rss"]) > 1:
-        print()
-        print("master RSS at 4 sites: " + ", ".join(f"{k} parts: {v:.1f} MB"
-                                                     for k, v in m4["rss"].items()))
-        ks = sorted(m4["rss"])
-        print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
+    for kind in ("master", "tree"):
+        m4 = by.get((kind, 4))
+        if m4 and len(m4["rss"]) > 1:
+            print()
+            print(f"{kind} RSS at 4 sites: " + ", ".join(f"{k} parts: {v:.1f} MB"
+                                                         for k, v in m4["rss"].items()))
+            ks = sorted(m4["rss"])
+            print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
+
+
+def _medians(rows: list[dict]) -> dict:
+    """(kind, sites) -> the median of each figure over the repeated runs, with the runs'
+    values under ``runs`` and the first run's RSS marks."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["sites"]), []).append(r)
+    out = {}
+    for key, runs in groups.items():
+        out[key] = {k: statistics.median(r[k] for r in runs)
+                    for k in ("p50", "p99", "parts_s", "cpu_ms")}
+        out[key]["runs"] = runs
+        out[key]["rss"] = runs[0]["rss"]
+    return out
+
+
+def _spread(fig: dict, key: str) -> str:
+    values = [r[key] for r in fig["runs"]]
+    if len(values) < 2:
+        return f"{fig[key]:.3f}"
+    return f"{fig[key]:.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 #: ``--alarms N``: the first N of these rules (one of every kind), set so that none fires on
@@ -322,6 +379,11 @@ def parse(argv=None):
     p.add_argument("--alarms", type=int, choices=range(0, len(BENCH_ALARMS) + 1), default=0,
                    help="also run the master with the first N of 7 alarm rules (none fires) "
                         "and compare")
+    p.add_argument("--tree", default=None,
+                   help="also run the master of this source tree (e.g. a git worktree of "
+                        "an older commit) in the same run, next to this tree's")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per site count (the masters alternate order); medians reported")
     p.add_argument("--link", choices=(*LINKS, "twisted-mqtt"), default=DEFAULT_LINK,
                    help=f"the master's MQTT link (default: {DEFAULT_LINK}, the config default)")
     return p.parse_args(argv)
