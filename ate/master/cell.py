@@ -39,7 +39,7 @@ from ate.master.lothistory import LotHistory
 from ate.master.lotlog import LotLog
 from ate.master.machine import MasterCore, MasterMachine, Refusal, Status
 from ate.master.part import PartCore, PartMachine
-from ate.master.partplan import Part, next_results, plan_part, strategy_problem
+from ate.master.partplan import Part, StrategyAnswers, next_results, plan_part
 from ate.master.peripherals import PeripheralMismatch, PeripheralSync
 from ate.master.production import Production
 from ate.master.settings import UserSettings
@@ -91,9 +91,9 @@ class Cell(UiCommands):
         self.part: Part | None = None
         # the master machine's last snapshot (read by listeners during its transitions)
         self._status = Status("connecting", "startup")
-        # the execution-strategy answers of the current load; None outside a lot's window
-        self._strategies: dict[str, Any] | None = None
+        self._strategies = StrategyAnswers(self.sites, self.log)  # of the current load
         self._abort_reason = ""
+        self._held_load: Any = None  # a loadTest waiting for resetting sites (start_load)
         self._summaries: set[str] = set()  # sites whose test summary came in this unload
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
@@ -292,21 +292,10 @@ class Cell(UiCommands):
         self.records.add_summary(site, records)
 
     def execution_strategy(self, site: str, strategy: Any) -> None:
-        """A TestApp's answer to the load's ``getexecutionstrategy`` (protocol §3.8, §6.4):
-        taken in any state from the request until the lot's unload; checked once every
-        configured site has answered."""
-        if self._strategies is None:
-            self.log.debug("execution strategy from site {site} outside a lot ignored", site=site)
-            return
-        if site in self._strategies:
-            self.log.debug("second execution strategy from site {site} for this load ignored",
-                           site=site)
-            return
-        self._strategies[site] = strategy
-        if len(self._strategies) == len(self.sites):
-            problem = strategy_problem(self._strategies, self.sites)
-            if problem is not None:
-                self.machine.fault(problem)
+        """A TestApp's answer to the load's ``getexecutionstrategy`` (StrategyAnswers)."""
+        problem = self._strategies.take(site, strategy)
+        if problem is not None:
+            self.machine.fault(problem)
 
     def stray_summary(self, site: str) -> None:
         self.log.warn("test summary from site {site} outside unloading ignored", site=site)
@@ -439,8 +428,9 @@ class Cell(UiCommands):
 
     def reset_sites(self) -> None:
         self._finalise(f"aborted: {self._abort_reason or 'reset'}")
-        self._strategies = None
+        self._strategies.close()
         self._abort_reason = ""
+        self._held_load = None
         self._clear_part()
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
@@ -450,10 +440,6 @@ class Cell(UiCommands):
         self.tracker.begin_initialized()
 
     def prepare_load(self, lot_number: str) -> tuple[Refusal | None, Job | None]:
-        busy = self.tracker.unavailable()
-        if busy:
-            return Refusal("load", "busy",
-                           f"load refused: sites not idle yet ({', '.join(busy)})"), None
         try:
             job = self.job_source.load(lot_number)
         except JobError as e:
@@ -474,17 +460,23 @@ class Cell(UiCommands):
         self.records.new_lot()
         self.alarms.start_lot(job)
         self.production.new_lot(job.lot_number)
-        self._strategies = None
+        self._strategies.close()
         self._abort_reason = ""
         self.settings.reset_to_defaults()
-        self._publish(m.ControlLoadTest(
-            sites=self.sites,
-            script_path=job.testapp_script_path,
-            script_args=tuple(job.testapp_script_args),
-            cwd=job.cwd,
-            bin_table=job.bin_table_wire(),
-        ))
-        self.tracker.begin_loading()
+        load = m.ControlLoadTest(
+            sites=self.sites, script_path=job.testapp_script_path,
+            script_args=tuple(job.testapp_script_args), cwd=job.cwd,
+            bin_table=job.bin_table_wire())
+        # Control apps still answering a reset (resetting, not a refusal) get the loadTest
+        # once idle (idle_for_load); the load timer runs from now
+        waits = self.tracker.unavailable()
+        self._held_load = load if waits else None
+        if waits:
+            self.log.info("lot {lot}: loadTest held until sites {sites} are idle (resetting)",
+                          lot=job.lot_number, sites=", ".join(waits))
+        else:
+            self._publish(load)
+        self.tracker.begin_loading(waits)
 
     def lot_loading(self) -> None:
         """Effect after the loading status: the lot's log line and UI events."""
@@ -497,7 +489,7 @@ class Cell(UiCommands):
 
     def enter_ready(self) -> None:
         self._send_loglevel()
-        self._strategies = {}  # answers are taken from now until the lot's unload
+        self._strategies.open()  # answers are taken from now until the lot's unload
         self._publish(m.TestAppGetExecutionStrategy(sites=self.sites, layout=self.layout))
         self.tracker.begin_ready()
 
@@ -547,7 +539,7 @@ class Cell(UiCommands):
         self._emit("part", self._cycle)
 
     def start_unload(self) -> None:
-        self._strategies = None
+        self._strategies.close()
         self._summaries = set()
         self._publish(m.TestAppTerminate(sites=self.sites))
         self.tracker.begin_unloading()
@@ -625,6 +617,11 @@ class Cell(UiCommands):
 
     def synced(self) -> None:
         self.machine.synced()
+
+    def idle_for_load(self) -> None:
+        if self._held_load is not None:
+            self._publish(self._held_load)
+            self._held_load = None
 
     def loaded(self) -> None:
         self.machine.loaded()

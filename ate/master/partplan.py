@@ -99,3 +99,36 @@ def strategy_problem(strategies: dict[str, Any], sites: Sequence[str]) -> str | 
         return ("execution strategy mismatch: test 0 covers sites "
                 f"{sorted(covered)}, configured {list(sites)}")
     return None
+
+
+class StrategyAnswers:
+    """The TestApps' answers to a load's ``getexecutionstrategy`` (protocol §3.8, §6.4):
+    taken from the request (``open``) until the lot's unload or a reset (``close``), one per
+    site, checked once every configured site has answered."""
+
+    def __init__(self, sites: Sequence[str], log: Any) -> None:
+        self.sites = tuple(sites)
+        self.log = log
+        self._answers: dict[str, Any] | None = None
+
+    def open(self) -> None:
+        self._answers = {}
+
+    def close(self) -> None:
+        self._answers = None
+
+    def take(self, site: str, strategy: Any) -> str | None:
+        """Record ``site``'s answer; returns the problem once all answered and they are
+        wrong (``strategy_problem``), else None."""
+        answers = self._answers
+        if answers is None:
+            self.log.debug("execution strategy from site {site} outside a lot ignored", site=site)
+            return None
+        if site in answers:
+            self.log.debug("second execution strategy from site {site} for this load ignored",
+                           site=site)
+            return None
+        answers[site] = strategy
+        if len(answers) == len(self.sites):
+            return strategy_problem(answers, self.sites)
+        return None

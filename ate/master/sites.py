@@ -3,10 +3,11 @@ the current phase expects (protocol.md §3.4).
 
 The tracker knows nothing about MQTT or timers.  The cell tells it which phase has begun,
 feeds it every site status and result, and receives phase events through a small
-``TrackerEvents`` interface: ``synced`` (every Control app idle), ``loaded`` (every TestApp
-idle after a load), ``acknowledged`` (every tested TestApp started the part), ``part_done``
-(every tested site delivered its result and is idle again), ``fault`` (a site broke the
-expected sequence) and ``fatal``.
+``TrackerEvents`` interface: ``synced`` (every Control app idle), ``idle_for_load`` (the
+Control apps a load waited for are idle), ``loaded`` (every TestApp idle after a load),
+``acknowledged`` (every tested TestApp started the part), ``part_done`` (every tested site
+delivered its result and is idle again), ``fault`` (a site broke the expected sequence) and
+``fatal``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HALTED = "halted"  # softerror / error: record only
 
 class TrackerEvents(Protocol):
     def synced(self) -> None: ...
+    def idle_for_load(self) -> None: ...
     def loaded(self) -> None: ...
     def acknowledged(self) -> None: ...
     def part_done(self) -> None: ...
@@ -62,6 +64,7 @@ class SiteTracker:
         self._tested_ids: frozenset[str] = frozenset()
         self._pending = 0
         self._pending_ack = 0
+        self._load_waits: set[str] = set()  # loading: Control apps still resetting
 
     # -- queries -------------------------------------------------------------------
 
@@ -101,6 +104,7 @@ class SiteTracker:
     def begin_connecting(self, after_reset: bool) -> None:
         """Wait until every Control app reports idle.  After a reset the known states are
         preset to ``resetting`` so that the idle which follows the reset counts."""
+        self._load_waits = set()
         self.phase = CONNECTING
         for s in self._sites.values():
             s.done = False
@@ -111,19 +115,25 @@ class SiteTracker:
         self._tested, self._tested_ids = (), frozenset()
 
     def begin_initialized(self) -> None:
+        self._load_waits = set()
         self.phase = INITIALIZED
 
-    def begin_loading(self) -> None:
+    def begin_loading(self, waits: Sequence[str] = ()) -> None:
         """Wait until every TestApp the load starts reports idle.  A TestApp state heard
         before (a stray or left-over TestApp) is not the new TestApp's: it is forgotten, so
-        that the new one's idle is not taken for a repeat."""
+        that the new one's idle is not taken for a repeat.
+
+        ``waits``: Control apps still answering a reset (``resetting``) when the load was
+        accepted; the ``loadTest`` is held until they are idle (``idle_for_load``)."""
         self.phase = LOADING
+        self._load_waits = set(waits)
         for s in self._sites.values():
             s.done = False
             s.last_log = ""
             s.testapp = None
 
     def begin_ready(self) -> None:
+        self._load_waits = set()
         self.phase = READY
         self._tested, self._tested_ids = (), frozenset()
 
@@ -137,11 +147,13 @@ class SiteTracker:
         self._pending_ack = len(self._tested)
 
     def begin_unloading(self) -> None:
+        self._load_waits = set()
         self.phase = UNLOADING
         for s in self._sites.values():
             s.done = False
 
     def halt(self) -> None:
+        self._load_waits = set()
         self.phase = HALTED
 
     # -- inputs --------------------------------------------------------------------
@@ -193,6 +205,16 @@ class SiteTracker:
                 return
             self._bad("control", s, state, "idle", "sync")
         elif phase == LOADING:
+            waits = self._load_waits
+            if waits and site in waits:
+                # the load's loadTest is held for this site: it answers a reset
+                if state == "resetting":
+                    return
+                if state == "idle":
+                    waits.discard(site)
+                    if not waits:
+                        self._events.idle_for_load()
+                    return
             if state in ("loading", "busy"):
                 return
             if state == "idle" and previous not in ("loading", "busy"):

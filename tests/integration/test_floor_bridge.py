@@ -15,11 +15,13 @@ import json
 import os
 import re
 import signal
+from functools import partial
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 
 from ate.broker import Mosquitto, floor_bridge_topics, free_port
 from ate.config import MqttOptions, master_config_from_dict, sim_config_from_dict
@@ -39,6 +41,9 @@ LOT = "306426.001"
 #: the device and handler ids the shipped bridge config is written for
 ETC_DEVICE, ETC_HANDLER = "SCT-81-1F", "HTO92-20F"
 PROBE = "ate/_floorprobe/Master/alarm"
+
+#: every failure of the group is consumed: one is raised, none is left unhandled
+gather = partial(gatherResults, consumeErrors=True)
 
 
 class Waiter(_Waiter):
@@ -280,6 +285,24 @@ class FloorTester:
 
 
 @pytest.fixture
+def trace():
+    """Every log event of the test, printed at its end: pytest shows it when the test
+    failed (what each master and simulator did, with times)."""
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        lines.append(f"{event.get('log_time', 0):.3f} {event.get('log_level').name} "
+                     f"{event.get('log_namespace')}: {formatEvent(event)}")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        print("\n".join(lines[-400:]))
+
+
+@pytest.fixture
 def floor():
     broker = floor_broker()
     broker.start()
@@ -360,7 +383,7 @@ DEVICES = ("SCT-81-1F", "SCT-81-2F", "SCT-81-3F")
 
 @pytest_twisted.ensureDeferred
 async def test_floor_broker_killed_mid_lot_no_tester_loses_a_part_and_the_view_catches_up(
-        reactor, floor, tmp_path):
+        reactor, floor, tmp_path, trace):
     events = Waiter()  # poked by every message of the floor's view and of the testers
     watcher = FloorWatcher(reactor, floor, events=events)                   # a clean session
     consumer = FloorWatcher(reactor, floor, persistent=True, events=events)  # persistent
@@ -375,7 +398,7 @@ async def test_floor_broker_killed_mid_lot_no_tester_loses_a_part_and_the_view_c
         for t in testers:
             await t.start_client(on_message=events.poke)
             t.start()
-        await gatherResults([t.client.wait_state("initialized", TIMEOUT, since=0)
+        await gather([t.client.wait_state("initialized", TIMEOUT, since=0)
                              for t in testers])
 
         def in_step(watchers=(watcher, consumer)):
@@ -393,10 +416,10 @@ async def test_floor_broker_killed_mid_lot_no_tester_loses_a_part_and_the_view_c
         await events.until(in_step, reactor)
         for t in testers:
             assert watcher.states[t.device_id][-1] == "initialized"
-        await gatherResults([Deferred.fromCoroutine(
+        await gather([Deferred.fromCoroutine(
             t.client.command("load", {"lot_number": LOT}, expect="ready", timeout=TIMEOUT))
             for t in testers])
-        await gatherResults([Deferred.fromCoroutine(t.cycles(10)) for t in testers])
+        await gather([Deferred.fromCoroutine(t.cycles(10)) for t in testers])
         await events.until(in_step, reactor)
         for t in testers:
             states = watcher.states[t.device_id]
@@ -410,11 +433,11 @@ async def test_floor_broker_killed_mid_lot_no_tester_loses_a_part_and_the_view_c
 
         # kill -9 the floor mid-lot; the lot goes on while it is down
         floor.kill()
-        await gatherResults([Deferred.fromCoroutine(t.cycles(8)) for t in testers])
+        await gather([Deferred.fromCoroutine(t.cycles(8)) for t in testers])
         await deferLater(reactor, 1.0)  # the floor's down time, not a wait for a result
         floor.start()
         await watcher.subscribed()
-        await gatherResults([Deferred.fromCoroutine(t.cycles(5)) for t in testers])
+        await gather([Deferred.fromCoroutine(t.cycles(5)) for t in testers])
         # the floor catches up: the clean watcher sees the parts after its restart (and what
         # the bridges queued while the floor was down, as far as it was subscribed again in
         # time: the bridges are usually back first); the persistent consumer sees them all
@@ -423,7 +446,7 @@ async def test_floor_broker_killed_mid_lot_no_tester_loses_a_part_and_the_view_c
             watcher.states[t.device_id][-10:] == t.client.states()[-10:] for t in testers),
             reactor)
         await events.until(consumer_in_step, reactor)
-        await gatherResults([Deferred.fromCoroutine(
+        await gather([Deferred.fromCoroutine(
             t.client.command("unload", expect="initialized", timeout=TIMEOUT))
             for t in testers])
         await events.until(lambda: all(

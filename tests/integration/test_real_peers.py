@@ -15,6 +15,7 @@ import re
 import signal
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,9 @@ LOT = "730001.001"
 #: The job's bin table (tests/fixtures/testapp/job_template.xml): soft bin -> hard bin.
 HARD_BIN = {1: 1, 11: 5, 12: 6}
 CYCLES = 300
+
+#: every failure of the group is consumed: one is raised, none is left unhandled
+gather = partial(gatherResults, consumeErrors=True)
 
 
 def part_number(part_id: str) -> int:
@@ -106,7 +110,7 @@ class Cell:
                 lambda t, m, s=site: t == f"Control/status/site{s}"
                 and SiteMonitor.state_of(m) == "idle", 60) for site in SITES]
             self.start_controls()
-            await gatherResults(idle)
+            await gather(idle)
             initialized = self.handler.wait_state("initialized", 60)
             self.start_master()
             await initialized
@@ -273,7 +277,7 @@ async def test_testapp_killed_mid_part(cell):
     await cell.handler.send("next", {"sites": [
         {"siteid": "0", "partid": "HOLD8", "binning": -1, "logflag": 0, "additionalinfo": 0},
         {"siteid": "1", "partid": "HOLD9", "binning": -1, "logflag": 0, "additionalinfo": 0}]})
-    await gatherResults(held)
+    await gather(held)
     [testapp1] = cell.controls["1"].children()
     softerror = cell.handler.wait_state("softerror", 30)
     os.kill(testapp1, signal.SIGKILL)

@@ -133,17 +133,50 @@ def test_startup_resets_then_publishes_connecting(tmp_path):
 def test_sites_up_before_master_and_resetting_tolerated(tmp_path):
     h = Harness(tmp_path)
     h.to_initialized()
+    h.pub.take()
     # the Control apps answer the master's start-up reset after it reached initialized
+    # (their idle sent on connecting reached the master before the reset reached them)
     for s in h.sites:
         h.control(s, "resetting")
     assert h.state == "initialized"
-    h.handler("load", {"lot_number": LOT})
-    [err] = h.responses(h.pub.take())
-    assert err["response_type"] == "busy"
-    for s in h.sites:
-        h.control(s, "idle")
+    # a load now is accepted; its loadTest waits until every site is idle again
     h.handler("load", {"lot_number": LOT})
     assert h.state == "loading"
+    sent = h.pub.take()
+    assert [t.split("/", 2)[2] for t, _ in sent] == ["Master/status"]
+    for s in h.sites[:-1]:
+        h.control(s, "idle")
+        assert h.pub.take() == []
+    h.control(h.sites[-1], "idle")
+    [(topic, load)] = h.pub.take()
+    assert topic.endswith("/Control/cmd") and load["command"] == "loadTest"
+    assert load["sites"] == list(h.sites)
+    # the load goes on as usual
+    for s in h.sites:
+        h.control(s, "loading")
+        h.control(s, "busy")
+        h.testapp(s, "idle")
+    assert h.state == "ready"
+
+
+def test_a_held_load_times_out_and_a_reset_drops_it(tmp_path):
+    h = Harness(tmp_path)
+    h.to_initialized()
+    h.control(h.sites[0], "resetting")
+    h.handler("load", {"lot_number": LOT})
+    assert h.state == "loading"
+    # the site never gets idle: the load timer decides, as for any load
+    h.clock.advance(h.config.timeouts.load)
+    assert h.state == "softerror"
+    assert h.cell.status()["error_message"].startswith("not all sites loaded the testprogram")
+    h.handler("reset")
+    assert h.state == "connecting"
+    h.pub.take()
+    for s in h.sites:
+        h.control(s, "idle")
+    # the held loadTest never goes out after the reset
+    assert not [p for t, p in h.pub.take() if t.endswith("/Control/cmd")]
+    assert h.state == "initialized"
 
 
 def test_full_lot_wire_sequence(tmp_path):
