@@ -33,6 +33,7 @@ from ate.master.collaborators import (
     Metrics,
     Publisher,
 )
+from ate.master.held import HeldLoad, Rejoin
 from ate.master.logs import LogBuffer, excerpt, split_log_line
 from ate.master.lot import Lot
 from ate.master.lothistory import LotHistory
@@ -93,7 +94,8 @@ class Cell(UiCommands):
         self._status = Status("connecting", "startup")
         self._strategies = StrategyAnswers(self.sites, self.log)  # of the current load
         self._abort_reason = ""
-        self._held_load: Any = None  # a loadTest waiting for resetting sites (start_load)
+        self.held_load = HeldLoad(self._publish)  # a loadTest for sites still resetting
+        self.rejoin = Rejoin(self._publish)  # TestApps back after a reconnect
         self._summaries: set[str] = set()  # sites whose test summary came in this unload
         self._part_ids = itertools.count(1)
         self._listeners: list[Callable[[str, Any], None]] = []
@@ -217,6 +219,7 @@ class Cell(UiCommands):
             self.machine.complete_message(bare, f"{bare}: {late}")
 
     def testapp_status(self, site: str, state: str) -> None:
+        self.rejoin.heard(site)
         self.tracker.testapp(site, state)
         self._emit("sites", None)
 
@@ -226,6 +229,7 @@ class Cell(UiCommands):
 
     def test_result(self, site: str, records: Sequence[dict], size: int = 0) -> None:
         """A TestApp's result; ``size`` is its payload length (bounds what the UI keeps)."""
+        self.rejoin.heard(site)
         part = self.part
         problem = self.tracker.result_problem(site) if part is not None else (
             f"unexpected test result from site {site} (no part under test)"
@@ -293,6 +297,7 @@ class Cell(UiCommands):
 
     def execution_strategy(self, site: str, strategy: Any) -> None:
         """A TestApp's answer to the load's ``getexecutionstrategy`` (StrategyAnswers)."""
+        self.rejoin.heard(site)
         problem = self._strategies.take(site, strategy)
         if problem is not None:
             self.machine.fault(problem)
@@ -423,6 +428,10 @@ class Cell(UiCommands):
         self._publish(m.TestAppReset(sites=self.sites))
         self.tracker.begin_connecting(after_reset=False)
 
+    def testapps_rejoin(self) -> None:
+        probe = m.TestAppGetExecutionStrategy(sites=self.sites, layout=self.layout)
+        self.rejoin.reconnected(self.sites, probe)
+
     def note_disconnected(self, where: str) -> None:
         self.log.warn("broker connection lost in {state}; state kept", state=where)
 
@@ -430,7 +439,8 @@ class Cell(UiCommands):
         self._finalise(f"aborted: {self._abort_reason or 'reset'}")
         self._strategies.close()
         self._abort_reason = ""
-        self._held_load = None
+        self.held_load.drop()
+        self.rejoin.forget()
         self._clear_part()
         self._publish(m.ControlReset(sites=self.sites))
         self._publish(m.TestAppReset(sites=self.sites))
@@ -467,15 +477,10 @@ class Cell(UiCommands):
             sites=self.sites, script_path=job.testapp_script_path,
             script_args=tuple(job.testapp_script_args), cwd=job.cwd,
             bin_table=job.bin_table_wire())
-        # Control apps still answering a reset (resetting, not a refusal) get the loadTest
-        # once idle (idle_for_load); the load timer runs from now
+        # Control apps still answering a reset get the loadTest once idle (idle_for_load);
+        # the load timer runs from now
         waits = self.tracker.unavailable()
-        self._held_load = load if waits else None
-        if waits:
-            self.log.info("lot {lot}: loadTest held until sites {sites} are idle (resetting)",
-                          lot=job.lot_number, sites=", ".join(waits))
-        else:
-            self._publish(load)
+        self.held_load.send(load, waits, job.lot_number)
         self.tracker.begin_loading(waits)
 
     def lot_loading(self) -> None:
@@ -511,7 +516,7 @@ class Cell(UiCommands):
         self.peripherals.start_part(plan.tested)
         job_data: dict[str, Any] = self.settings.job_data()  # plus the list sites_info
         job_data["sites_info"] = plan.sites_info
-        self._publish(m.TestAppNext(sites=plan.tested, job_data=job_data))
+        self.rejoin.send_next(m.TestAppNext(sites=plan.tested, job_data=job_data))
 
     def part_started(self) -> None:
         """Effect after the testing status: the lot's first part sends the UI its MIR."""
@@ -574,6 +579,8 @@ class Cell(UiCommands):
         missing results are still taken; the datalog stays open until the reset (or
         shutdown) finalises it as aborted (protocol §3.6, §7.4)."""
         self.tracker.halt()
+        self.held_load.drop()
+        self.rejoin.drop()  # a next held for TestApps not back is not sent any more
         self._flush_part_results()
         if self.part is not None:
             self.part.written = True  # later results of it are written one by one
@@ -619,9 +626,7 @@ class Cell(UiCommands):
         self.machine.synced()
 
     def idle_for_load(self) -> None:
-        if self._held_load is not None:
-            self._publish(self._held_load)
-            self._held_load = None
+        self.held_load.release()
 
     def loaded(self) -> None:
         self.machine.loaded()
@@ -691,4 +696,5 @@ class Cell(UiCommands):
 
     def _clear_part(self) -> None:
         self.part = None
+        self.rejoin.drop()
         self.peripherals.reset()

@@ -98,6 +98,7 @@ class MasterEffects(Protocol):
     def status_changed(self, status: Status, publish: bool) -> None: ...
     def first_connect(self) -> None: ...
     def note_disconnected(self, where: str) -> None: ...
+    def testapps_rejoin(self) -> None: ...
     def reset_sites(self) -> None: ...
     def enter_initialized(self) -> None: ...
     def prepare_load(self, lot_number: str) -> tuple[Refusal | None, Job | None]: ...
@@ -488,6 +489,12 @@ def _republish(inputs: MasterInputs, core: MasterCore) -> None:
     _set(core, core.status.internal, core.status.message, force=True)
 
 
+def _republish_rejoin(inputs: MasterInputs, core: MasterCore) -> None:
+    # with TestApps running, a next waits until they are back (ate.master.rejoin)
+    core.fx.testapps_rejoin()
+    _republish(inputs, core)
+
+
 def _stop(inputs: MasterInputs, core: MasterCore) -> None:
     core.part.abort()
     core.status = Status("stopped", "stopped", "master stopped")
@@ -542,7 +549,9 @@ for _state in ALL_STATES:
         _loop(_state, Inputs.stop, _ignore("stop", "stopped"))
     else:
         _loop(_state, Inputs.disconnected, _disconnected)
-        if _state is not startup:
+        if _state in (ready, testing):
+            _loop(_state, Inputs.connected, _republish_rejoin)
+        elif _state is not startup:
             _loop(_state, Inputs.connected, _republish)
         _leave(_state, Inputs.stop, stopped, _stop)
     if _state is unloading:

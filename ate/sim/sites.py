@@ -180,6 +180,13 @@ class SimSite:
         self.publish_control_state()
         self._log("Control", 20, f"control state is: {state}")
 
+    def announce_testapp(self) -> None:
+        """After a reconnect a running TestApp publishes its state again (as the Semi-ATE
+        TestApp does once it has subscribed again)."""
+        if self.testapp_state not in (None, "crashed"):
+            self._emit("TestApp", self.t_testapp_status,
+                       testapp_status_payload(self.testapp_state))
+
     def _set_testapp(self, state: str) -> None:
         self.testapp_state = state
         self._emit("TestApp", self.t_testapp_status, testapp_status_payload(state))
@@ -536,11 +543,16 @@ class SimSites:
 
     # ---- inputs --------------------------------------------------------------------
 
-    def connected(self, only_site: str | None = None) -> None:
-        """(Re)connected to the broker: every Control app (or one) publishes its state."""
+    def connected(self, only_site: str | None = None,
+                  apps: tuple[str, ...] = ("Control", "TestApp")) -> None:
+        """(Re)connected to the broker: every Control app (or one) publishes its state, and
+        a running TestApp re-announces its own."""
         for s in self.site.values():
             if only_site is None or s.site == only_site:
-                s.publish_control_state()
+                if "Control" in apps:
+                    s.publish_control_state()
+                if "TestApp" in apps:
+                    s.announce_testapp()
 
     def received(self, topic: str, payload: bytes, only_site: str | None = None) -> None:
         """Decode and handle one MQTT message; bad input is logged and ignored."""
@@ -648,12 +660,13 @@ class SimSitesService(MultiService):
                 will=control_will(device, site),
                 subscriptions=[t_control, t_master],
                 on_message=lambda t, p, site=site: self.sites.received(t, p, site),
-                on_connected=lambda site=site: self.sites.connected(site))
+                on_connected=lambda site=site: self.sites.connected(site, ("Control",)))
             testapp = mqtt_factory(
                 reactor, config.broker, f"testapp.{device}.{site}",
                 will=testapp_will(device, site),
                 subscriptions=[t_testapp],
-                on_message=lambda t, p, site=site: self.sites.received(t, p, site))
+                on_message=lambda t, p, site=site: self.sites.received(t, p, site),
+                on_connected=lambda site=site: self.sites.connected(site, ("TestApp",)))
             for app, client in (("Control", control), ("TestApp", testapp)):
                 self.clients[(app, site)] = client
                 client.setServiceParent(self)

@@ -7,8 +7,8 @@ One ``ST`` of 8 handler sites is split 2 + 2 + 2 + 2 over the four testers (``si
 One tester's broker is killed -9 mid-lot and restarted: the handler's ``next`` for it,
 sent while its bridge was down, is lost (QoS 0), and resent once the master re-publishes
 ``ready`` after its reconnect (README "Broker loss"); the others are not disturbed, and no
-part is lost.  Unless the master is back before its TestApps: that case is a strict xfail
-(docs/floor.md, Known limits).
+part is lost, also when the master is back before its TestApps (the resent next waits for
+them).
 """
 
 from __future__ import annotations
@@ -171,12 +171,14 @@ async def test_handler_drives_four_masters_through_the_floor_one_tester_broker_r
     await run_lot(reactor, floor, tmp_path, logs, victim_sites_backoff=(0.2, 1.0))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a master back before its TestApps after its broker's restart gets the resent next "
-    "and sends it to TestApps not subscribed yet: softerror 'not all sites respond to next "
-    "command' (docs/floor.md, Known limits)"))
 @pytest_twisted.ensureDeferred
-async def test_a_master_back_before_its_testapps_loses_the_resent_next(
+async def test_a_master_back_before_its_testapps_holds_the_resent_next_until_they_are(
         reactor, floor, tmp_path, logs):
-    # the master reconnects 3 s after the kill (1 s, then 2 s), its sites only at 4 s
+    # the master reconnects 3 s after the kill (1 s, then 2 s), its sites only at 4 s: the
+    # resent next waits for the TestApps (ate.master.held.Rejoin) instead of being lost
     await run_lot(reactor, floor, tmp_path, logs, victim_sites_backoff=(4.0, 30.0))
+    held = logs.of("next held until the TestApps of sites {sites} are back after the "
+                   "reconnect")
+    back = logs.of("TestApps of sites {sites} back: next sent")
+    assert [e["sites"] for e in held] == ["0, 1"]
+    assert [e["sites"] for e in back] == ["0, 1"]

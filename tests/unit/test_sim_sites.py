@@ -152,6 +152,20 @@ def test_connect_and_master_status_echo():
                                "payload": {"state": "idle", "error_message": ""}}
 
 
+def test_a_reconnect_re_announces_a_running_testapp_as_the_semi_ate_one_does():
+    sim, clock, rec = make(sites=("0", "1"), load_time=0.0)
+    sim.handle(load_cmd(("0", "1")))
+    clock.advance(0)
+    rec.take()
+    sim.connected()
+    assert rec.summary(rec.take()) == [
+        ("Control/status/site0", "busy"), ("TestApp/status/site0", "idle"),
+        ("Control/status/site1", "busy"), ("TestApp/status/site1", "idle")]
+    # per-site clients: the TestApp client's reconnect announces only the TestApp
+    sim.connected("1", ("TestApp",))
+    assert rec.summary(rec.take()) == [("TestApp/status/site1", "idle")]
+
+
 def test_load_sequence_and_timing():
     sim, clock, rec = make(sites=("0", "1"), load_time=2.0)
     sim.handle(load_cmd(("0", "1")))
