@@ -63,7 +63,11 @@ def hard_bin(part_id: str) -> int:
     return HARD_BIN[soft_bin(part_id)]
 
 
-TEARDOWN_RACE = "cannot schedule new futures after interpreter shutdown"
+#: what the real TestApp's exit at terminate says when its paho thread races its shutdown:
+#: a callback handed to the executor it already shut down, or a read of the socket its
+#: disconnect already closed (paho 1.6.1 ``self._sock.recv``)
+TEARDOWN_RACES = ("cannot schedule new futures after interpreter shutdown",
+                  "OSError: [Errno 9] Bad file descriptor")
 
 
 class Cell:
@@ -137,12 +141,13 @@ class Cell:
             "initialized", "softerror"), 60)
         await self.handler.send("unload")
         _, status = await done
-        if status["state"] == "softerror" and TEARDOWN_RACE in (status.get("message") or ""):
+        message = status.get("message") or ""
+        if status["state"] == "softerror" and any(r in message for r in TEARDOWN_RACES):
             # The real TestApp (semi-ate-test-app 1.0.17) sometimes exits non-zero at
-            # terminate: its paho thread hands a callback to an executor it has already shut
-            # down.  Its Control app then reports error and the master softerrors in
-            # unloading, as the contract says (3.3).  Seen only under heavy load; a bug of
-            # that app, not of ours: reported as an expected failure, never hidden.
+            # terminate: its paho thread races its shutdown (TEARDOWN_RACES).  Its Control
+            # app then reports error and the master softerrors in unloading, as the contract
+            # says (3.3).  Seen only under load; a bug of that app, not of ours: reported as
+            # an expected failure, never hidden.
             pytest.xfail(f"real TestApp teardown race: {status['message']}")
         assert status["state"] == "initialized", status
 
