@@ -10,21 +10,18 @@ decides when their reset ends.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from ate.broker import free_port
-from ate.config import MqttOptions, master_config_from_dict
+from ate.config import MqttOptions
 from ate.mqtt.service import MqttService
 from ate.tap import build_master
 from ate.testing.peers import HandlerClient
-from tests.integration.test_broker_blip import FIXTURE
+from tests.integration.test_broker_blip import DEVICE, SITES, master_config
 from tests.waiting import Waiter
 
-DEVICE, HANDLER, LOT = "SCT-81-1F", "HTO92-20F", "306426.001"
-SITES = ("0", "1")
+LOT = "306426.001"
 TIMEOUT = 20.0
 
 
@@ -85,19 +82,7 @@ class ScriptedSites(Waiter):
 @pytest_twisted.ensureDeferred
 async def test_a_load_while_the_sites_answer_the_start_up_reset_waits_for_them(
         reactor, mosquitto, tmp_path, warnings_logged):
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    shutil.copy(FIXTURE, jobs / "le306426001.xml")
-    cfg = master_config_from_dict({
-        "broker_host": "127.0.0.1", "broker_port": mosquitto.port, "device_id": DEVICE,
-        "sites": list(SITES), "Handler": HANDLER, "environment": "F1",
-        "jobsource": "filesystem", "jobformat": "xml.semi-ate",
-        "filesystemdatasource_path": str(jobs),
-        "filesystemdatasource_jobpattern": "le#jobname#.xml",
-        "stdf_directory": str(tmp_path / "stdf"), "log_directory": str(tmp_path / "log"),
-        "webui_port": free_port(), "site_layout": [[i, 0] for i in range(len(SITES))],
-        "timeouts": {"startup": 30, "load": 20},
-    }, source="test-start-up-reset")
+    cfg = master_config(tmp_path, mosquitto.port)
     master, cell = build_master(cfg, reactor, observe_logs=False)
     sites = ScriptedSites(reactor, mosquitto.port)
     client = HandlerClient(reactor, "127.0.0.1", mosquitto.port, DEVICE, "reset.handler")
