@@ -4,7 +4,7 @@
     python bench/cycle.py [--sites 1,4,16,64,128,255] [--cycles 2000] [--rss-parts 100000]
                           [--persistence off|on|every-change] [--subscribe-qos 0|1|2]
                           [--max-inflight N] [--link twisted|paho|twisted-mqtt] [--alarms 7]
-                          [--tree DIR] [--repeat N]
+                          [--tree DIR] [--repeat N] [--floor-status]
 
 One private mosquitto (set_tcp_nodelay) on 127.0.0.1.  This process runs the simulated
 sites (T = 0 test time) and a handler client on the Twisted reactor; the target — the floor
@@ -26,6 +26,12 @@ the floor relay keeps its own).  Both targets run on the same broker settings.
 ``twisted-mqtt`` (the PyPI package through bench/twisted_mqtt_link.py; run this script
 with a Python that has it installed).  The simulated sites and the handler keep the
 default link, so only the master's link changes between runs.
+
+``--floor-status`` also runs the relay with ``--cycle-status``: it then publishes
+``Master/status`` ``testing`` and ``ready`` on every part as a master does (protocol.md
+3.2), and every simulated Control app answers each with its state (2.5), so at many
+sites the sites and the broker do about 1.7 times the work of a plain relay cycle.  The
+extra table compares the master with that relay, which isolates the master's own cost.
 
 ``--tree DIR`` also runs the master of another source tree (e.g. ``git worktree add
 /tmp/base HEAD~1``) in the same run, right next to this tree's master, so that a change is
@@ -97,10 +103,10 @@ class _Proc(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-def spawn_floor(broker: Mosquitto, n: int):
+def spawn_floor(broker: Mosquitto, n: int, cycle_status: bool = False):
     pp = _Proc()
     args = [sys.executable, FLOOR, "--broker", f"{broker.host}:{broker.port}",
-            "--device-id", DEVICE, "--sites", str(n)]
+            "--device-id", DEVICE, "--sites", str(n), *(("--cycle-status",) * cycle_status)]
     t = reactor.spawnProcess(pp, sys.executable, args, env=dict(os.environ),
                              path=os.path.dirname(FLOOR))
     return pp, t
@@ -144,7 +150,8 @@ def spawn_master(broker: Mosquitto, n: int, workdir: str, master_extra: dict | N
 
 async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir: str,
                      rss_marks: tuple[int, ...] = (), master_extra: dict | None = None,
-                     link: str = DEFAULT_LINK, root: str = ROOT) -> dict:
+                     link: str = DEFAULT_LINK, root: str = ROOT,
+                     cycle_status: bool = False) -> dict:
     sim_cfg = sim_config_from_dict({
         "broker_host": broker.host, "broker_port": broker.port, "device_id": DEVICE,
         "sites": [str(i) for i in range(n)], "test_time": 0.0, "ptr_count": 5,
@@ -156,7 +163,7 @@ async def run_target(kind: str, broker: Mosquitto, n: int, cycles: int, workdir:
     await handler.start()
     await sim.mqtt.whenConnected()
     up = handler.wait_state("initialized", 60)
-    pp, transport = (spawn_floor(broker, n) if kind == "floor"
+    pp, transport = (spawn_floor(broker, n, cycle_status) if kind == "floor"
                      else spawn_master(broker, n, workdir, master_extra, link, root))
     pid = transport.pid
     result: dict = {"kind": kind, "sites": n}
@@ -239,7 +246,8 @@ async def main(args) -> None:
                 masters: tuple[str, ...] = ("master", "tree") if args.tree else ("master",)
                 if rep % 2:  # alternate which master goes first
                     masters = masters[::-1]
-                for kind in ("floor", *masters) + (("alarms",) if args.alarms else ()):
+                floors = ("floor", "floorst") if args.floor_status else ("floor",)
+                for kind in (*floors, *masters) + (("alarms",) if args.alarms else ()):
                     marks: tuple[int, ...] = ()
                     if rep == 0 and n == 4 and (kind in ("master", "tree") or
                                                 (kind == "floor" and args.rss_floor)):
@@ -248,8 +256,9 @@ async def main(args) -> None:
                     if kind == "alarms":  # the same master with the rules configured
                         extra_cfg = {**master_extra, "alarms": BENCH_ALARMS[:args.alarms]}
                     root = os.path.abspath(args.tree) if kind == "tree" else ROOT
-                    r = await run_target("floor" if kind == "floor" else "master", broker, n,
-                                         cycles, workdir, marks, extra_cfg, args.link, root)
+                    r = await run_target("floor" if kind in floors else "master", broker, n,
+                                         cycles, workdir, marks, extra_cfg, args.link, root,
+                                         cycle_status=kind == "floorst")
                     r["kind"] = kind
                     r["load"] = os.getloadavg()[0]
                     loads.append(r["load"])
@@ -278,6 +287,18 @@ async def main(args) -> None:
               f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
               f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
               f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+    if args.floor_status:
+        print()
+        print("floor+status: the relay with --cycle-status (Master/status testing and ready "
+              "every part, as a master publishes them)")
+        print()
+        print("| sites | floor+status p50 | master p50 | ratio | floor+status CPU ms | "
+              "master CPU ms | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for n in args.sites:
+            f, m = by[("floorst", n)], by[("master", n)]
+            print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
+                  f"{f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | {m['cpu_ms'] / f['cpu_ms']:.2f}x |")
     if args.tree:
         print()
         print(f"tree: {os.path.abspath(args.tree)} (spread: min-max of the runs)")
@@ -369,6 +390,10 @@ def parse(argv=None):
                    help="measured cycles at 1 and 4 sites (fewer at more sites)")
     p.add_argument("--rss-parts", default="10000,100000",
                    type=lambda s: [int(x) for x in s.split(",") if x])
+    p.add_argument("--floor-status", action="store_true",
+                   help="also run the relay with --cycle-status (it then publishes the two "
+                        "Master/status messages per part that a master publishes) and "
+                        "compare the master with it too")
     p.add_argument("--rss-floor", action="store_true", help="also measure the floor's RSS")
     p.add_argument("--persistence", choices=sorted(PERSISTENCE), default="off",
                    help="mosquitto persistence (README \"Broker loss\")")

@@ -68,6 +68,7 @@ from ate.sim.wire import (
     SimInputError,
     SiteMessage,
     TestAppCommand,
+    control_status_bytes,
     control_status_payload,
     control_will,
     decode,
@@ -154,8 +155,9 @@ class SimSite:
 
     # ---- emitting ------------------------------------------------------------------
 
-    def _emit(self, app: str, topic: str, payload: dict, qos: int = 2) -> None:
-        self.owner._send(Outbound(topic, payload, qos, app, self.site))
+    def _emit(self, app: str, topic: str, payload: dict, qos: int = 2,
+              raw: bytes | None = None) -> None:
+        self.owner._send(Outbound(topic, payload, qos, app, self.site, raw))
 
     def _log(self, app: str, level: int, message: str) -> None:
         """Publish a remote log line (protocol 2.11/10.2) if enabled and above the level."""
@@ -171,8 +173,9 @@ class SimSite:
             self._emit(app, self.t_testapp_log, {"type": "log", "payload": line}, qos=2)
 
     def publish_control_state(self) -> None:
-        self._emit("Control", self.t_control_status,
-                   control_status_payload(self.control_state, self.control_error))
+        state, error = self.control_state, self.control_error
+        self._emit("Control", self.t_control_status, control_status_payload(state, error),
+                   raw=control_status_bytes(state, error))
 
     def _set_control(self, state: str, error_message: str = "") -> None:
         self.control_state = state
@@ -618,9 +621,10 @@ class SimSitesService(MultiService):
     whole service lifetime (also while "no TestApp runs"); crash faults still publish the
     will payload explicitly.
 
-    Subscriptions (QoS 2): ``~/Control/cmd``, ``~/TestApp/cmd``, ``~/Master/status``
-    (per-site clients: the Control client the first and last, the TestApp client the
-    second).  Statuses and results are published with QoS 2, Control logs with QoS 0.
+    Subscriptions: ``~/Control/cmd`` and ``~/Master/status`` with QoS 0, ``~/TestApp/cmd``
+    with QoS 2, as the Semi-ATE Control app and TestApp 1.0.17 subscribe (per-site
+    clients: the Control client the first and last, the TestApp client the second).
+    Statuses and results are published with QoS 2, Control logs with QoS 0.
 
     ``mqtt_factory`` (tests) replaces ``ate.mqtt.MqttService`` and is called with the same
     arguments.
@@ -639,9 +643,11 @@ class SimSitesService(MultiService):
         if mqtt_factory is None:
             mqtt_factory = _mqtt_service_class()
         device = self.sites.device_id
-        t_control = (f"ate/{device}/Control/cmd", 2)
+        # as the Semi-ATE apps 1.0.17 subscribe: the Control app with paho's default QoS 0,
+        # the TestApp with QoS 2
+        t_control = (f"ate/{device}/Control/cmd", 0)
         t_testapp = (f"ate/{device}/TestApp/cmd", 2)
-        t_master = (f"ate/{device}/Master/status", 2)
+        t_master = (f"ate/{device}/Master/status", 0)
         self.per_site_clients = per_site_clients
         self.clients: dict[tuple[str, str], Any] = {}   # (app, site) -> MqttService
         if not per_site_clients:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Mapping
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "TESTAPP_COMMANDS",
     "TESTAPP_WILL_PAYLOAD",
     "TestAppCommand",
+    "control_status_bytes",
     "control_status_payload",
     "control_will",
     "decode",
@@ -153,9 +155,10 @@ class Outbound:
     qos: int
     app: str
     site: str
+    raw: bytes | None = field(default=None, compare=False, repr=False)  # payload, encoded
 
     def encode(self) -> bytes:
-        return _dumps(self.payload)
+        return self.raw if self.raw is not None else _dumps(self.payload)
 
     @property
     def kind(self) -> str:
@@ -166,6 +169,13 @@ class Outbound:
 def control_status_payload(state: str, error_message: str = "") -> dict:
     return {"type": "status", "interface_version": 1, "software_version": 1,
             "payload": {"state": state, "error_message": error_message}}
+
+
+@lru_cache(maxsize=64)
+def control_status_bytes(state: str, error_message: str = "") -> bytes:
+    """``control_status_payload`` encoded: a Control app publishes the same few statuses
+    again on every ``Master/status`` (2.5), so they are encoded once."""
+    return _dumps(control_status_payload(state, error_message))
 
 
 def testapp_status_payload(state: str, message: str = "") -> dict:

@@ -30,8 +30,8 @@ class Recorder:
         self.out = []
 
     def __call__(self, out):
-        # every publication must be encodable JSON
-        json.loads(out.encode())
+        # every publication must be encodable JSON, and what goes on the wire is its payload
+        assert json.loads(out.encode()) == json.loads(json.dumps(out.payload))
         self.out.append(out)
 
     def take(self):
@@ -150,6 +150,10 @@ def test_connect_and_master_status_echo():
     assert [o.qos for o in outs] == [2, 2]
     assert outs[0].payload == {"type": "status", "interface_version": 1, "software_version": 1,
                                "payload": {"state": "idle", "error_message": ""}}
+    # the echo is encoded once per state, and compact
+    assert outs[0].encode() is outs[1].encode() == (
+        b'{"type":"status","interface_version":1,"software_version":1,'
+        b'"payload":{"state":"idle","error_message":""}}')
 
 
 def test_a_reconnect_re_announces_a_running_testapp_as_the_semi_ate_one_does():
@@ -566,7 +570,7 @@ def test_service_wiring():
     _reactor, _opts, client_id = mqtt.args
     assert client_id.startswith(f"simsites.{D}.")
     assert sorted(mqtt.kw["subscriptions"]) == sorted([
-        (f"ate/{D}/Control/cmd", 2), (f"ate/{D}/TestApp/cmd", 2), (f"ate/{D}/Master/status", 2)])
+        (f"ate/{D}/Control/cmd", 0), (f"ate/{D}/TestApp/cmd", 2), (f"ate/{D}/Master/status", 0)])
     topic, payload, qos = mqtt.kw["will"]
     assert topic == f"ate/{D}/Control/status/site0" and qos == 2
     assert json.loads(payload)["payload"]["state"] == "crash"
@@ -601,6 +605,8 @@ def test_service_per_site_clients():
                                             "test_version": "N/A", "payload": {"state": 0},
                                             "state": "crash"}
     assert t1.kw["subscriptions"] == [(f"ate/{D}/TestApp/cmd", 2)]
+    # the Semi-ATE Control app subscribes with paho's default QoS 0
+    assert c1.kw["subscriptions"] == [(f"ate/{D}/Control/cmd", 0), (f"ate/{D}/Master/status", 0)]
     svc.startService()
     c1.kw["on_connected"]()
     assert [t for t, _p, _q in c1.published] == [f"ate/{D}/Control/status/site1"]
