@@ -72,6 +72,7 @@ from ate.sim.wire import (
     control_status_payload,
     control_will,
     decode,
+    testapp_status_bytes,
     testapp_status_payload,
     testapp_will,
 )
@@ -188,11 +189,13 @@ class SimSite:
         TestApp does once it has subscribed again)."""
         if self.testapp_state not in (None, "crashed"):
             self._emit("TestApp", self.t_testapp_status,
-                       testapp_status_payload(self.testapp_state))
+                       testapp_status_payload(self.testapp_state),
+                       raw=testapp_status_bytes(self.testapp_state))
 
     def _set_testapp(self, state: str) -> None:
         self.testapp_state = state
-        self._emit("TestApp", self.t_testapp_status, testapp_status_payload(state))
+        self._emit("TestApp", self.t_testapp_status, testapp_status_payload(state),
+                   raw=testapp_status_bytes(state))
         self._log("TestApp", 20, f"testapp state is: {state}")
 
     def _cancel(self) -> None:

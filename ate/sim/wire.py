@@ -28,6 +28,7 @@ __all__ = [
     "control_status_payload",
     "control_will",
     "decode",
+    "testapp_status_bytes",
     "testapp_status_payload",
     "testapp_will",
 ]
@@ -181,6 +182,12 @@ def control_status_bytes(state: str, error_message: str = "") -> bytes:
 def testapp_status_payload(state: str, message: str = "") -> dict:
     return {"type": "status", "framework_version": 1, "test_version": "N/A",
             "payload": {"state": state, "message": message}, "state": state}
+
+
+@lru_cache(maxsize=64)
+def testapp_status_bytes(state: str, message: str = "") -> bytes:
+    """``testapp_status_payload`` encoded once per state (two of them on every part)."""
+    return _dumps(testapp_status_payload(state, message))
 
 
 def control_will(device_id: str, site: str) -> tuple[str, bytes, int]:
