@@ -30,7 +30,7 @@ default link, so only the master's link changes between runs.
 ``--floor-status`` also runs the relay with ``--cycle-status``: it then publishes
 ``Master/status`` ``testing`` and ``ready`` on every part as a master does (protocol.md
 3.2), and every simulated Control app answers each with its state (2.5), so at many
-sites the sites and the broker do about 1.7 times the work of a plain relay cycle.  The
+sites a cycle carries about 1.7 times the messages of a plain relay cycle.  The
 extra table compares the master with that relay, which isolates the master's own cost.
 
 ``--tree DIR`` also runs the master of another source tree (e.g. ``git worktree add
