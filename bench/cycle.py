@@ -278,27 +278,13 @@ async def main(args) -> None:
         print(f"medians of {args.repeat} runs; ", end="")
     print(f"load average (1 min) during the runs: {min(loads):.1f}-{max(loads):.1f}")
     print()
-    print("| sites | floor p50 | master p50 | ratio | floor p99 | master p99 | ratio | "
-          "floor parts/s | master parts/s | floor CPU ms | master CPU ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in args.sites:
-        f, m = by[("floor", n)], by[("master", n)]
-        print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
-              f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
-              f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
-              f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+    _against(by, args.sites, "floor", "floor")
     if args.floor_status:
         print()
         print("floor+status: the relay with --cycle-status (Master/status testing and ready "
               "every part, as a master publishes them)")
         print()
-        print("| sites | floor+status p50 | master p50 | ratio | floor+status CPU ms | "
-              "master CPU ms | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for n in args.sites:
-            f, m = by[("floorst", n)], by[("master", n)]
-            print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
-                  f"{f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | {m['cpu_ms'] / f['cpu_ms']:.2f}x |")
+        _against(by, args.sites, "floorst", "floor+status")
     if args.tree:
         print()
         print(f"tree: {os.path.abspath(args.tree)} (spread: min-max of the runs)")
@@ -329,6 +315,19 @@ async def main(args) -> None:
                                                          for k, v in m4["rss"].items()))
             ks = sorted(m4["rss"])
             print(f"growth 0 -> {ks[-1]} parts: {m4['rss'][ks[-1]] - m4['rss'][0]:.1f} MB")
+
+
+def _against(by: dict, sites: list[int], ref: str, name: str) -> None:
+    """The master against the baseline ``ref`` (a kind of run), as a markdown table."""
+    print(f"| sites | {name} p50 | master p50 | ratio | {name} p99 | master p99 | ratio | "
+          f"{name} parts/s | master parts/s | {name} CPU ms | master CPU ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in sites:
+        f, m = by[(ref, n)], by[("master", n)]
+        print(f"| {n} | {f['p50']:.3f} | {m['p50']:.3f} | {m['p50'] / f['p50']:.2f}x | "
+              f"{f['p99']:.3f} | {m['p99']:.3f} | {m['p99'] / f['p99']:.2f}x | "
+              f"{f['parts_s']:.0f} | {m['parts_s']:.0f} | {f['cpu_ms']:.3f} | {m['cpu_ms']:.3f} | "
+              f"{m['cpu_ms'] / f['cpu_ms']:.2f}x |")
 
 
 def _medians(rows: list[dict]) -> dict:
